@@ -1,0 +1,125 @@
+"""Reading request bodies and query strings: one place for parse errors and 4xx answers."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from quart import request
+
+from app.api.problems import ApiError
+from app.domain.errors import Problem, ValidationFailed
+
+MAX_JSON_DEPTH = 64
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+async def json_body(*, allow_empty: bool = False) -> Any:
+    """The request's JSON body; 415 for another content type, 400 when it does not parse."""
+    raw = await request.get_data(as_text=False)
+    assert isinstance(raw, bytes)
+    if not raw.strip():
+        if allow_empty:
+            return None
+        raise ApiError(
+            400, "Malformed JSON", "the request body is empty; a JSON object is expected"
+        )
+    if not _is_json(request.mimetype):
+        raise ApiError(
+            415,
+            "Unsupported media type",
+            f"expected Content-Type application/json, got {request.mimetype or 'none'!r}",
+        )
+    return parse_json(raw)
+
+
+def parse_json(raw: bytes) -> Any:
+    """Parse JSON with a clear 400 for syntax errors and absurd nesting."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "Malformed JSON", "the body is not UTF-8") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ApiError(
+            400, "Malformed JSON", f"{error.msg} at line {error.lineno} column {error.colno}"
+        ) from None
+    except RecursionError:
+        raise ApiError(400, "Malformed JSON", "the JSON is nested too deeply") from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise ApiError(400, "Malformed JSON", f"the JSON is nested deeper than {MAX_JSON_DEPTH}")
+    if "\\u0000" in text and _contains_nul(value):  # PostgreSQL text cannot hold NUL
+        raise ApiError(400, "Malformed JSON", "NUL characters (\\u0000) are not accepted")
+    return value
+
+
+async def body_as(model: type[ModelT], *, allow_empty: bool = False) -> ModelT:
+    """The JSON body validated into `model`; unknown fields and wrong values answer 422."""
+    value = await json_body(allow_empty=allow_empty)
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise ValidationFailed([Problem("", "the body must be a JSON object")])
+    return validated(model, value, prefix="")
+
+
+def query_as(model: type[ModelT]) -> ModelT:
+    """The query string validated into `model`."""
+    values = {key: request.args.get(key) for key in request.args}
+    return validated(model, values, prefix="query:")
+
+
+def validated(model: type[ModelT], value: dict[str, Any], *, prefix: str) -> ModelT:
+    """Validate a dict into `model`, turning pydantic's errors into JSON-pointer problems."""
+    try:
+        return model.model_validate(value)
+    except ValidationError as error:
+        problems = [
+            Problem(prefix + _pointer(item["loc"]), _message(item)) for item in error.errors()
+        ]
+        raise ValidationFailed(problems) from None
+
+
+def _pointer(location: tuple[int | str, ...]) -> str:
+    parts = [str(part).replace("~", "~0").replace("/", "~1") for part in location]
+    return "/" + "/".join(parts) if parts else ""
+
+
+def _message(item: Any) -> str:
+    if item["type"] == "extra_forbidden":
+        return "unknown field"
+    message = str(item["msg"])
+    return message.removeprefix("Value error, ")
+
+
+def _is_json(mimetype: str) -> bool:
+    return mimetype == "application/json" or mimetype.endswith("+json")
+
+
+def _depth(value: Any) -> int:
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        current, level = stack.pop()
+        deepest = max(deepest, level)
+        if isinstance(current, dict):
+            stack.extend((child, level + 1) for child in current.values())
+        elif isinstance(current, list):
+            stack.extend((child, level + 1) for child in current)
+    return deepest
+
+
+def _contains_nul(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, str):
+            if "\x00" in current:
+                return True
+        elif isinstance(current, dict):
+            stack.extend(current.keys())
+            stack.extend(current.values())
+        elif isinstance(current, list):
+            stack.extend(current)
+    return False

@@ -1,0 +1,52 @@
+"""Object identifiers: a type prefix and a random, URL-safe, sortable-enough body."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+
+_ID_PATTERN = re.compile(r"^[a-z]{2,4}_[0-9A-Za-z]{10,40}$")
+_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+class _Sequence:
+    """Milliseconds plus a counter within the millisecond: ids of one process sort in order."""
+
+    def __init__(self) -> None:
+        self.millis = 0
+        self.counter = 0
+
+    def next(self) -> tuple[int, int]:
+        millis = int(time.time() * 1000)
+        if millis <= self.millis:
+            self.counter += 1
+            if self.counter >= len(_ALPHABET) ** 3:
+                self.millis, self.counter = self.millis + 1, 0
+        else:
+            self.millis, self.counter = millis, 0
+        return self.millis, self.counter
+
+
+_sequence = _Sequence()
+
+
+def new_id(prefix: str) -> str:
+    """A new id like `ep_2Vx...`: time first, so ids made by one process sort in creation order
+    (byte order), then 11 random characters."""
+    millis, counter = _sequence.next()
+    tail = "".join(secrets.choice(_ALPHABET) for _ in range(11))
+    return f"{prefix}_{_encode(millis, 8)}{_encode(counter, 3)}{tail}"
+
+
+def looks_like_id(value: str, prefix: str) -> bool:
+    """Whether `value` has the shape of an id of this kind (cheap check before any query)."""
+    return value.startswith(prefix + "_") and bool(_ID_PATTERN.match(value))
+
+
+def _encode(number: int, width: int) -> str:
+    digits = []
+    for _ in range(width):
+        number, remainder = divmod(number, len(_ALPHABET))
+        digits.append(_ALPHABET[remainder])
+    return "".join(reversed(digits))

@@ -1,0 +1,312 @@
+"""create_app and the worker runtime: the one place that wires Tidings' parts together."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from itsdangerous import URLSafeSerializer
+from prometheus_client import CollectorRegistry
+from quart import Quart
+from quart_schema import QuartSchema
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app import __version__
+from app.api import (
+    auth,
+    deliveries,
+    endpoint_actions,
+    endpoints,
+    event_types,
+    events,
+    fhir_audit,
+    fhir_metadata,
+    fhir_subscription_ops,
+    fhir_subscriptions,
+    health,
+    ingest,
+    upstreams,
+)
+from app.api.context import Resolver, Services
+from app.api.fhir_outcomes import install_operation_outcomes
+from app.api.problems import register_problem_handlers
+from app.api.rate_limit import KeyRateLimiter
+from app.config import Settings
+from app.delivery import dns
+from app.delivery.attempts import AttemptContext
+from app.delivery.metrics import DeliveryMetrics
+from app.delivery.sender import Sender
+from app.delivery.wakeups import PostgresWakeups
+from app.delivery.worker import Worker, WorkerSettings
+from app.domain.catalog import Catalog, load_catalog
+from app.domain.matching import CriteriaCache
+from app.domain.retry import RetryPolicy
+from app.domain.secrets import SecretBox
+from app.ingest.upstream import UpstreamWatcher, new_upstream_client
+from app.scheduler import build_scheduler
+from app.store.db import SessionFactory, make_engine, make_session_factory
+from app.store.group_commit import EventCommitter
+
+BLUEPRINTS = (
+    health.blueprint,
+    endpoints.blueprint,
+    endpoint_actions.blueprint,
+    deliveries.blueprint,
+    event_types.blueprint,
+    events.blueprint,
+    ingest.blueprint,
+    upstreams.blueprint,
+    fhir_metadata.blueprint,
+    fhir_subscriptions.blueprint,
+    fhir_subscription_ops.blueprint,
+    fhir_audit.blueprint,
+)
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    """The real clock."""
+    return datetime.now(UTC)
+
+
+@dataclass
+class Runtime:
+    """The delivery side of one process: worker, scheduler, sender and wake-ups."""
+
+    worker: Worker
+    sender: Sender
+    start_scheduler: Callable[[], None]
+    stop_scheduler: Callable[[], None]
+    wakeups: PostgresWakeups | None
+    task: asyncio.Task[None] | None = None
+    upstreams: UpstreamWatcher | None = None
+
+    async def start(self) -> None:
+        """Begin delivering."""
+        self.start_scheduler()
+        if self.wakeups is not None:
+            await self.wakeups.listen(self.worker.wake)
+        self.task = asyncio.create_task(self.worker.run())
+
+    async def stop(self) -> None:
+        """Finish in-flight attempts within the grace period, release the rest, close."""
+        self.stop_scheduler()
+        self.worker.stop()
+        if self.task is not None:
+            await self.task
+        await self.sender.aclose()
+        if self.upstreams is not None:
+            await self.upstreams.aclose()
+
+
+def build_runtime(
+    settings: Settings,
+    *,
+    sessions: SessionFactory,
+    catalog: Catalog,
+    clock: Clock,
+    resolve: Resolver = dns.resolve,
+    wakeups: PostgresWakeups | None = None,
+    registry: CollectorRegistry | None = None,
+) -> Runtime:
+    """Wire a worker and its scheduler for these settings."""
+    worker, sender, secret_box = _build_worker(
+        settings, sessions, catalog, clock, resolve, registry
+    )
+    watcher = UpstreamWatcher(
+        sessions=sessions,
+        client=new_upstream_client(),
+        catalog=catalog,
+        criteria_cache=CriteriaCache(),
+        secret_box=secret_box,
+        clock=clock,
+        resolve=resolve,
+        allowed_networks=settings.allowed_networks,
+        on_events=lambda: _wake(worker, wakeups),
+    )
+    scheduler = build_scheduler(
+        upstreams=watcher,
+        worker=worker,
+        sessions=sessions,
+        catalog=catalog,
+        clock=clock,
+        disable_after=settings.disable_after,
+        poll_seconds=settings.poll_seconds,
+    )
+    return Runtime(
+        worker=worker,
+        sender=sender,
+        start_scheduler=scheduler.start,
+        stop_scheduler=lambda: scheduler.shutdown(wait=False),
+        wakeups=wakeups,
+        upstreams=watcher,
+    )
+
+
+def _build_worker(
+    settings: Settings,
+    sessions: SessionFactory,
+    catalog: Catalog,
+    clock: Clock,
+    resolve: Resolver,
+    registry: CollectorRegistry | None,
+) -> tuple[Worker, Sender, SecretBox]:
+    """The worker, its sender, and the box that opens the stored secrets."""
+    assert settings.secret_key is not None
+    sender = Sender(
+        timeout=settings.delivery_timeout,
+        allowed_networks=settings.allowed_networks,
+        resolver=resolve,
+        max_connections=settings.worker_concurrency,
+        clock=clock,
+    )
+    context = AttemptContext(
+        catalog=catalog,
+        secret_box=SecretBox(settings.secret_key),
+        public_url=settings.public_url,
+        policy=RetryPolicy(settings.retry_schedule),
+        default_timeout=settings.delivery_timeout,
+    )
+    worker = Worker(
+        sessions=sessions,
+        sender=sender,
+        context=context,
+        clock=clock,
+        rng=random.Random(),
+        settings=WorkerSettings(
+            batch_size=settings.worker_batch_size,
+            concurrency=settings.worker_concurrency,
+            lease_seconds=settings.lease_seconds,
+            poll_seconds=settings.poll_seconds,
+            shutdown_grace_seconds=settings.delivery_timeout + 1,
+        ),
+        metrics=DeliveryMetrics(registry) if registry is not None else None,
+    )
+    return worker, sender, context.secret_box
+
+
+def _wake(worker: Worker, wakeups: PostgresWakeups | None) -> None:
+    """New events from an upstream: wake this worker, and the others through PostgreSQL."""
+    worker.wake()
+    if wakeups is not None:
+        wakeups.notify()
+
+
+def create_app(
+    settings: Settings,
+    *,
+    clock: Clock = utc_now,
+    resolve: Resolver = dns.resolve,
+    run_worker: bool = False,
+) -> Quart:
+    """A Tidings app for these settings; with `run_worker`, it delivers too."""
+    if settings.secret_key is None:
+        raise ValueError("create_app needs settings.secret_key (the CLI provides one)")
+    app = Quart("tidings")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    engine = make_engine(settings.database_url)
+    sessions = make_session_factory(engine)
+    catalog = load_catalog(settings.catalog_paths)
+    wakeups = None if settings.is_sqlite else PostgresWakeups(settings.database_url)
+    registry = CollectorRegistry()
+    runtime = (
+        build_runtime(
+            settings,
+            sessions=sessions,
+            catalog=catalog,
+            clock=clock,
+            resolve=resolve,
+            wakeups=wakeups,
+            registry=registry,
+        )
+        if run_worker
+        else None
+    )
+    criteria_cache = CriteriaCache()
+    services = Services(
+        sessions=sessions,
+        secret_box=SecretBox(settings.secret_key),
+        cursor_signer=URLSafeSerializer(settings.secret_key, salt="tidings.cursor"),
+        resolve=resolve,
+        catalog=catalog,
+        clock=clock,
+        public_url=settings.public_url,
+        require_https=settings.require_https,
+        allowed_networks=settings.allowed_networks,
+        wake_worker=_waker(runtime, wakeups),
+        ingest_secret=settings.ingest_secret,
+        rate_limiter=KeyRateLimiter(settings.api_rate_limit),
+        criteria_cache=criteria_cache,
+        event_committer=EventCommitter(sessions, catalog, criteria_cache, clock),
+    )
+    app.extensions["tidings"] = services
+    app.extensions["tidings_runtime"] = runtime
+    app.extensions["tidings_metrics"] = registry
+    _install_api(app)
+    _install_lifecycle(app, engine, runtime, wakeups)
+    return app
+
+
+def _waker(runtime: Runtime | None, wakeups: PostgresWakeups | None) -> Callable[[], None]:
+    def wake() -> None:
+        if runtime is not None:
+            runtime.worker.wake()
+        if wakeups is not None:
+            wakeups.notify()
+
+    return wake
+
+
+def _install_lifecycle(
+    app: Quart, engine: AsyncEngine, runtime: Runtime | None, wakeups: PostgresWakeups | None
+) -> None:
+    @app.before_serving
+    async def start_delivering() -> None:
+        if runtime is not None:
+            await runtime.start()
+
+    @app.after_serving
+    async def stop_delivering() -> None:
+        if runtime is not None:
+            await runtime.stop()
+        if wakeups is not None:
+            await wakeups.close()
+        await engine.dispose()
+
+
+def _install_api(app: Quart) -> None:
+    QuartSchema(
+        app,
+        info={"title": "Tidings", "version": __version__},
+        security_schemes={"bearer": {"type": "http", "scheme": "bearer"}},
+        security=[{"bearer": []}],
+        redoc_ui_path=None,
+        scalar_ui_path=None,
+    )
+    register_problem_handlers(app)
+    install_operation_outcomes(app)
+    app.before_request(auth.authenticate)
+    for blueprint in BLUEPRINTS:
+        app.register_blueprint(blueprint)
+
+
+async def run_worker_process(settings: Settings, stop: Callable[[], Awaitable[None]]) -> None:
+    """`tidings worker`: deliver (and run the timed work) until `stop` returns."""
+    engine = make_engine(settings.database_url)
+    sessions = make_session_factory(engine)
+    wakeups = None if settings.is_sqlite else PostgresWakeups(settings.database_url)
+    catalog = load_catalog(settings.catalog_paths)
+    runtime = build_runtime(
+        settings, sessions=sessions, catalog=catalog, clock=utc_now, wakeups=wakeups
+    )
+    await runtime.start()
+    try:
+        await stop()
+    finally:
+        await runtime.stop()
+        if wakeups is not None:
+            await wakeups.close()
+        await engine.dispose()

@@ -1,0 +1,130 @@
+"""Resource changes turned into events of the catalog, and stored with their deliveries.
+
+One change raises one event per event type whose trigger fires. The event data is the resource;
+for a delete, the version that was deleted when known, else `{resourceType, id}`. The same
+change pushed twice (same type, id, version and interaction) raises its events only once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.domain import ids
+from app.domain.catalog import Catalog
+from app.domain.matching import CriteriaCache
+from app.domain.models import Event, JSONObject, ResourceChange
+from app.ingest.fhir_push import PushedChange
+from app.store import outbox
+
+SOURCE = "fhir-push"
+
+
+@dataclass(frozen=True)
+class ChangeEvent:
+    """An event a change raised, with its de-duplication key."""
+
+    event: Event
+    change_key: str | None
+
+
+@dataclass
+class IngestResult:
+    """What one push did: changes read, events stored, events already stored before."""
+
+    changes: int = 0
+    event_ids: list[str] = field(default_factory=list)
+    duplicates: int = 0
+
+
+def events_for_change(
+    change: ResourceChange,
+    catalog: Catalog,
+    *,
+    organization_id: str,
+    account_id: str | None,
+    occurred_at: datetime,
+) -> list[ChangeEvent]:
+    """The events `change` raises: one per event type of the catalog whose trigger fires.
+
+    A change without a version id cannot be told apart from the next one, so it is never
+    de-duplicated.
+    """
+    data = event_data(change)
+    return [
+        ChangeEvent(
+            Event(
+                id=ids.new_id("evt"),
+                organization_id=organization_id,
+                account_id=account_id,
+                type=event_type.name,
+                occurred_at=occurred_at,
+                data=data,
+                focus=event_type.focus_for_change(change),
+                source=SOURCE,
+            ),
+            f"{event_type.name}:{change.dedup_key}" if change.version_id else None,
+        )
+        for event_type in catalog.types_for_change(change)
+    ]
+
+
+def event_data(change: ResourceChange) -> JSONObject:
+    """The resource; for a delete the deleted version, or `{resourceType, id}` when unknown."""
+    if change.resource is not None:
+        return change.resource
+    if change.previous is not None:
+        return change.previous
+    return {"resourceType": change.resource_type, "id": change.resource_id}
+
+
+def occurrence_times(pushed: Sequence[PushedChange], received_at: datetime) -> list[datetime]:
+    """When each change happened: its own time, else `received_at`, never running backwards.
+
+    Every time is later than the one before, by a microsecond at least, so the events of one
+    push keep their order for ordered endpoints even when times are missing or equal.
+    """
+    times: list[datetime] = []
+    for item in pushed:
+        moment = item.moment or received_at
+        if times and moment <= times[-1]:
+            moment = times[-1] + timedelta(microseconds=1)
+        times.append(moment)
+    return times
+
+
+async def ingest_changes(
+    session: AsyncSession,
+    changes: Sequence[PushedChange],
+    *,
+    catalog: Catalog,
+    criteria_cache: CriteriaCache,
+    organization_id: str,
+    account_id: str | None,
+    now: datetime,
+) -> IngestResult:
+    """Store the events of `changes` and their deliveries in the caller's transaction."""
+    result = IngestResult(changes=len(changes))
+    items = [
+        outbox.NewEvent(item.event, outbox.focus_resource_of(item.event), item.change_key)
+        for pushed, occurred_at in zip(changes, occurrence_times(changes, now), strict=True)
+        for item in events_for_change(
+            pushed.change,
+            catalog,
+            organization_id=organization_id,
+            account_id=account_id,
+            occurred_at=occurred_at,
+        )
+    ]
+    stored = await outbox.insert_events_with_deliveries(
+        session, items, catalog=catalog, criteria_cache=criteria_cache, now=now
+    )
+    for item, deliveries in zip(items, stored, strict=True):
+        if deliveries is None:
+            result.duplicates += 1
+        else:
+            result.event_ids.append(item.event.id)
+    return result

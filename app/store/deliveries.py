@@ -1,0 +1,330 @@
+"""The delivery queue: claiming due deliveries under a lease, recording attempts, redelivery.
+
+The `delivery` table is the queue. A claim moves due rows to `delivering` with a lease; a
+worker that dies leaves leases that expire, and the next claim takes those rows again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.domain import ids
+from app.domain.models import DeliveryStatus, Endpoint, Event
+from app.domain.retry import AttemptOutcome
+from app.store import outbox
+from app.store.endpoints import ENDPOINT_COLUMNS, to_endpoint
+from app.store.subscriptions import SubscriptionFace, face_of
+from app.store.tables import AttemptRow, DeliveryRow, EndpointRow, EndpointSecret, EventRow
+from app.store.types import UTCDateTime
+
+_delivery: sa.Table = DeliveryRow.__table__  # type: ignore[attr-defined]
+_DELIVERY_COLUMNS = tuple(_delivery.columns)
+_EVENT_COLUMNS = tuple(EventRow.__table__.columns)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class ClaimedDelivery:
+    """A delivery this worker holds a lease on, with what it needs to send it."""
+
+    id: str
+    attempt_count: int
+    event: Event
+    endpoint: Endpoint
+    credentials: str | None
+    secrets: tuple[str, ...]
+    trigger: str = "scheduled"
+    lease_expires_at: datetime | None = None
+    event_number: int | None = None
+    subscription: SubscriptionFace | None = None
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """The outcome of one attempt and what the delivery becomes after it."""
+
+    delivery_id: str
+    endpoint_id: str
+    attempted_at: datetime
+    outcome: AttemptOutcome
+    status: DeliveryStatus
+    next_attempt_at: datetime | None
+    trigger: str = "scheduled"
+    lease_expires_at: datetime | None = None
+
+
+async def claim_due_deliveries(
+    session: AsyncSession, *, now: datetime, limit: int, lease_seconds: int
+) -> list[ClaimedDelivery]:
+    """Lease up to `limit` due deliveries (pending and due, or with an expired lease).
+
+    On PostgreSQL, rows locked by another worker are skipped (`FOR UPDATE SKIP LOCKED`),
+    so several workers share the queue without sending anything twice. Ordered endpoints
+    release one delivery at a time, oldest event first.
+    """
+    claimable = await _claimable_ids(session, now, limit)
+    if not claimable:
+        return []
+    lease = now + timedelta(seconds=lease_seconds)
+    claim = (
+        sa.update(_delivery)
+        .where(_delivery.c.id.in_(claimable))
+        .values(status=DeliveryStatus.DELIVERING.value, lease_expires_at=lease, updated_at=now)
+        .returning(_delivery.c.id)
+    )
+    claimed = [row[0] for row in (await session.exec(claim)).all()]
+    return await _load_claimed(session, claimed, now)
+
+
+async def _claimable_ids(session: AsyncSession, now: datetime, limit: int) -> list[str]:
+    """Due pending deliveries first, then expired leases: two queries that each walk an index
+    in due order and stop at `limit`, however long the queue is."""
+    postgres = session.get_bind().dialect.name == "postgresql"
+    found: list[str] = []
+    for status, due_column in (
+        (DeliveryStatus.PENDING, col(DeliveryRow.next_attempt_at)),
+        (DeliveryStatus.DELIVERING, col(DeliveryRow.lease_expires_at)),
+    ):
+        query = _candidates(status, due_column, now, limit - len(found))
+        if postgres:
+            query = query.with_for_update(skip_locked=True, of=DeliveryRow)
+        found += [row[0] for row in (await session.exec(query)).all()]
+        if len(found) >= limit:
+            break
+    return found
+
+
+def _candidates(status: DeliveryStatus, due_column: Any, now: datetime, limit: int) -> Any:
+    return (
+        sa.select(col(DeliveryRow.id))
+        .join(EndpointRow, col(EndpointRow.id) == col(DeliveryRow.endpoint_id))
+        .where(col(DeliveryRow.status) == status.value, due_column <= now)
+        .where(col(EndpointRow.active).is_(True), sa.not_(_waits_for_earlier(now)))
+        .order_by(due_column)
+        .limit(limit)
+    )
+
+
+def _waits_for_earlier(now: datetime) -> Any:
+    """For ordered endpoints: a delivery of an earlier event (by occurrence, then id) to the
+    same endpoint is still unfinished."""
+    earlier = _delivery.alias("earlier")
+    earlier_event = EventRow.__table__.alias("earlier_event")  # type: ignore[attr-defined]
+    this_event = (
+        sa.select(col(EventRow.occurred_at))
+        .where(col(EventRow.id) == col(DeliveryRow.event_id))
+        .correlate(DeliveryRow)
+        .scalar_subquery()
+    )
+    unfinished = [DeliveryStatus.PENDING.value, DeliveryStatus.DELIVERING.value]
+    return sa.and_(
+        col(EndpointRow.ordered).is_(True),
+        sa.exists().where(
+            earlier.c.endpoint_id == col(DeliveryRow.endpoint_id),
+            earlier.c.status.in_(unfinished),
+            earlier_event.c.id == earlier.c.event_id,
+            sa.or_(
+                earlier_event.c.occurred_at < this_event,
+                sa.and_(
+                    earlier_event.c.occurred_at == this_event, earlier.c.id < col(DeliveryRow.id)
+                ),
+            ),
+        ),
+    )
+
+
+async def _load_claimed(
+    session: AsyncSession, delivery_ids: Sequence[str], now: datetime
+) -> list[ClaimedDelivery]:
+    """What sending needs, read as Core rows (no ORM objects on the hot path), each event and
+    endpoint of the batch once."""
+    if not delivery_ids:
+        return []
+    deliveries = await _rows(
+        session,
+        sa.select(*_DELIVERY_COLUMNS)
+        .where(col(DeliveryRow.id).in_(delivery_ids))
+        .order_by(col(DeliveryRow.created_at), col(DeliveryRow.id)),
+    )
+    events = {
+        row.id: outbox.to_event(row)
+        for row in await _rows(
+            session,
+            sa.select(*_EVENT_COLUMNS).where(
+                col(EventRow.id).in_({d.event_id for d in deliveries})
+            ),
+        )
+    }
+    endpoint_rows = {
+        row.id: row
+        for row in await _rows(
+            session,
+            sa.select(*ENDPOINT_COLUMNS).where(
+                col(EndpointRow.id).in_({d.endpoint_id for d in deliveries})
+            ),
+        )
+    }
+    endpoints = {key: to_endpoint(row) for key, row in endpoint_rows.items()}
+    secrets = await _live_secrets(session, set(endpoint_rows), now)
+    return [
+        ClaimedDelivery(
+            id=delivery.id,
+            attempt_count=delivery.attempt_count,
+            event=events[delivery.event_id],
+            endpoint=endpoints[delivery.endpoint_id],
+            credentials=endpoint_rows[delivery.endpoint_id].url_credentials,
+            secrets=tuple(secrets.get(delivery.endpoint_id, ())),
+            event_number=delivery.event_number,
+            subscription=face_of(endpoint_rows[delivery.endpoint_id]),
+            trigger=delivery.next_trigger,
+            lease_expires_at=delivery.lease_expires_at,
+        )
+        for delivery in deliveries
+    ]
+
+
+async def _rows(session: AsyncSession, query: Any) -> Sequence[Any]:
+    return (await session.exec(query)).all()  # type: ignore[no-any-return]
+
+
+async def _live_secrets(
+    session: AsyncSession, endpoint_ids: set[str], now: datetime
+) -> dict[str, list[str]]:
+    rows = (
+        await session.exec(
+            select(EndpointSecret)
+            .where(col(EndpointSecret.endpoint_id).in_(endpoint_ids))
+            .where(
+                sa.or_(
+                    col(EndpointSecret.expires_at).is_(None), col(EndpointSecret.expires_at) > now
+                )
+            )
+            .order_by(col(EndpointSecret.created_at).desc(), col(EndpointSecret.id).desc())
+        )
+    ).all()
+    found: dict[str, list[str]] = {}
+    for row in rows:
+        found.setdefault(row.endpoint_id, []).append(row.secret)
+    return found
+
+
+async def record_attempts(session: AsyncSession, records: Sequence[AttemptRecord]) -> None:
+    """Write the attempts and move each delivery to its next state: two batched statements.
+
+    The state changes only while the delivery still carries the lease of the claim that made
+    the attempt: a worker whose lease ran out (and whose delivery another worker claimed
+    again) logs its attempt but leaves the delivery to the new claim.
+    """
+    if not records:
+        return
+    await session.exec(sa.insert(AttemptRow), params=[_attempt_row(r) for r in records])
+    await session.exec(
+        sa.update(_delivery)
+        .where(
+            _delivery.c.id == sa.bindparam("delivery_id"),
+            _delivery.c.lease_expires_at == sa.bindparam("lease", type_=UTCDateTime()),
+        )
+        .values(
+            status=sa.bindparam("new_status"),
+            next_attempt_at=sa.bindparam("due", type_=UTCDateTime()),
+            updated_at=sa.bindparam("at", type_=UTCDateTime()),
+            attempt_count=_delivery.c.attempt_count + 1,
+            lease_expires_at=None,
+            next_trigger="scheduled",
+        ),
+        params=[
+            {
+                "delivery_id": r.delivery_id,
+                "new_status": r.status.value,
+                "due": r.next_attempt_at,
+                "lease": r.lease_expires_at,
+                "at": r.attempted_at,
+            }
+            for r in records
+        ],
+    )
+
+
+def _attempt_row(record: AttemptRecord) -> dict[str, Any]:
+    outcome = record.outcome
+    return {
+        "id": ids.new_id("att"),
+        "delivery_id": record.delivery_id,
+        "endpoint_id": record.endpoint_id,
+        "attempted_at": record.attempted_at,
+        "duration_ms": outcome.duration_ms,
+        "status_code": outcome.status,
+        "error_kind": outcome.error.value if outcome.error else None,
+        "response_excerpt": outcome.response_excerpt,
+        "trigger": record.trigger,
+    }
+
+
+async def release_deliveries(
+    session: AsyncSession,
+    delivery_ids: Sequence[str],
+    *,
+    now: datetime,
+    retry_at: datetime | None = None,
+) -> None:
+    """Give leased deliveries back to the queue unsent (shutdown, rate limits)."""
+    if not delivery_ids:
+        return
+    await session.exec(
+        sa.update(_delivery)
+        .where(
+            _delivery.c.id.in_(list(delivery_ids)),
+            _delivery.c.status == DeliveryStatus.DELIVERING.value,
+        )
+        .values(
+            status=DeliveryStatus.PENDING.value,
+            lease_expires_at=None,
+            next_attempt_at=retry_at or now,
+            updated_at=now,
+        )
+    )
+
+
+async def select_failing_endpoints(
+    session: AsyncSession, *, cutoff: datetime
+) -> list[tuple[str, str, datetime]]:
+    """(organization, endpoint, first failure) for active endpoints that have had nothing but
+    failures since at least `cutoff`: their first failure after their last success is older."""
+    success = sa.and_(col(AttemptRow.status_code) >= 200, col(AttemptRow.status_code) < 300)
+    earlier: sa.Table = AttemptRow.__table__.alias("earlier")  # type: ignore[attr-defined]
+    last_success = (
+        sa.select(sa.func.max(earlier.c.attempted_at))
+        .where(
+            earlier.c.endpoint_id == col(EndpointRow.id),
+            earlier.c.status_code >= 200,
+            earlier.c.status_code < 300,
+        )
+        .correlate(EndpointRow)
+        .scalar_subquery()
+    )
+    query = (
+        sa.select(
+            col(EndpointRow.organization_id),
+            col(EndpointRow.id),
+            sa.func.min(col(AttemptRow.attempted_at)),
+        )
+        .join(AttemptRow, col(AttemptRow.endpoint_id) == col(EndpointRow.id))
+        .where(col(EndpointRow.active).is_(True), col(EndpointRow.deleted_at).is_(None))
+        .where(sa.not_(sa.func.coalesce(success, False)))
+        .where(sa.or_(last_success.is_(None), col(AttemptRow.attempted_at) > last_success))
+        .group_by(col(EndpointRow.organization_id), col(EndpointRow.id))
+        .having(sa.func.min(col(AttemptRow.attempted_at)) <= cutoff)
+    )
+    rows = (await session.exec(query)).all()  # type: ignore[call-overload]
+    return [(org, endpoint_id, _aware(first)) for org, endpoint_id, first in rows]
+
+
+def _aware(moment: datetime) -> datetime:
+    """Aggregates may come back naive (SQLite); they are UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -1,0 +1,386 @@
+"""The transactional outbox: an event and its deliveries are written together or not at all.
+
+`insert_event_with_deliveries` picks the endpoints that match with one indexed query
+(`endpoint_event_type` by organization and pattern), checks each with the matching rules, and
+stores the event and one pending delivery per endpoint in the caller's transaction. The worker
+finds the deliveries by their `next_attempt_at`; an accepted event is therefore never lost.
+
+Duplicates are refused by the database itself: `INSERT ... ON CONFLICT DO NOTHING` on the unique
+(organization, idempotency key) and (organization, change key), so two concurrent requests with
+the same key cannot both store an event, on PostgreSQL as on SQLite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.domain import ids, matching
+from app.domain.catalog import Catalog
+from app.domain.models import DeliveryStatus, Endpoint, Event, JSONObject
+from app.fhir.resource_types import is_resource_type
+from app.store.endpoints import ENDPOINT_COLUMNS, Scope, to_endpoint
+from app.store.event_numbers import assign_event_numbers
+from app.store.subscription_filters import keep_fhirpath_matches
+from app.store.tables import DeliveryRow, EndpointEventType, EndpointRow, EventRow
+
+EVENT_INSERT_CHUNK = 500
+
+
+class DuplicateEvent(Exception):
+    """The event is already stored: same idempotency key, or the same FHIR change."""
+
+    def __init__(self, event_id: str) -> None:
+        super().__init__(f"already stored as {event_id}")
+        self.event_id = event_id
+
+
+def to_event(row: Any) -> Event:
+    """The domain view of an event row."""
+    return Event(
+        id=row.id,
+        organization_id=row.organization_id,
+        account_id=row.account_id,
+        type=row.type,
+        occurred_at=row.occurred_at,
+        data=dict(row.data),
+        focus=row.focus,
+        source=row.source,
+        idempotency_key=row.idempotency_key,
+    )
+
+
+def focus_resource_of(event: Event) -> JSONObject | None:
+    """The resource an endpoint's FHIR filter is checked against: the data, when it is the focus."""
+    resource_type, resource_id = event.data.get("resourceType"), event.data.get("id")
+    if not isinstance(resource_type, str) or not is_resource_type(resource_type):
+        return None
+    if event.focus is not None and event.focus != f"{resource_type}/{resource_id}":
+        return None
+    return event.data
+
+
+async def select_candidate_endpoints(
+    session: AsyncSession, organization_id: str, event_type: str
+) -> list[Endpoint]:
+    """The organization's live endpoints whose `event_types` name `event_type` or a pattern of it.
+
+    One query through the (organization, pattern) index: endpoints that subscribe to other
+    types, and other organizations' endpoints, are never read.
+    """
+    subscribed = (
+        select(EndpointEventType.endpoint_id)
+        .where(EndpointEventType.organization_id == organization_id)
+        .where(col(EndpointEventType.pattern).in_(matching.subscription_patterns(event_type)))
+    )
+    query = (
+        sa.select(*ENDPOINT_COLUMNS)
+        .where(col(EndpointRow.id).in_(subscribed))
+        .where(col(EndpointRow.organization_id) == organization_id)
+        .where(col(EndpointRow.active).is_(True))
+        .where(col(EndpointRow.deleted_at).is_(None))
+        .order_by(col(EndpointRow.id))
+    )
+    rows = (await session.exec(query)).all()  # type: ignore[call-overload]
+    return [to_endpoint(row) for row in rows]
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event to store, with what matching needs besides the event itself."""
+
+    event: Event
+    focus_resource: JSONObject | None = None
+    change_key: str | None = None
+
+
+async def insert_event_with_deliveries(
+    session: AsyncSession,
+    event: Event,
+    *,
+    catalog: Catalog,
+    criteria_cache: matching.CriteriaCache,
+    focus_resource: JSONObject | None,
+    now: datetime,
+    change_key: str | None = None,
+) -> list[str]:
+    """Store `event` and a pending delivery for every endpoint that accepts it; the delivery ids.
+
+    Raises `DuplicateEvent` (storing nothing) when the organization already has an event with
+    the same idempotency key or `change_key`, and ValueError for a type not in the catalog.
+    """
+    [stored] = await insert_events_with_deliveries(
+        session,
+        [NewEvent(event, focus_resource, change_key)],
+        catalog=catalog,
+        criteria_cache=criteria_cache,
+        now=now,
+    )
+    if stored is None:
+        raise DuplicateEvent(await first_event_id(session, event, change_key))
+    return stored
+
+
+async def insert_events_with_deliveries(
+    session: AsyncSession,
+    items: Sequence[NewEvent],
+    *,
+    catalog: Catalog,
+    criteria_cache: matching.CriteriaCache,
+    now: datetime,
+) -> list[list[str] | None]:
+    """Store many events and their deliveries with a few statements: for each item, its
+    delivery ids, or None when it was a duplicate (nothing stored for it)."""
+    for item in items:
+        if item.event.type not in catalog:
+            raise ValueError(f"unknown event type {item.event.type!r}")
+    inserted = await _insert_event_rows(session, items, now)
+    candidates: dict[tuple[str, str], list[Endpoint]] = {}
+    stored: list[list[str] | None] = []
+    rows: list[dict[str, Any]] = []
+    for item in items:
+        if item.event.id not in inserted:
+            stored.append(None)
+            continue
+        key = (item.event.organization_id, item.event.type)
+        if key not in candidates:
+            candidates[key] = await select_candidate_endpoints(session, *key)
+        new_rows = await _deliveries_for(session, item, candidates[key], criteria_cache, now)
+        stored.append([row["id"] for row in new_rows])
+        rows += new_rows
+    if rows:
+        await session.exec(sa.insert(DeliveryRow), params=rows)
+    return stored
+
+
+async def _deliveries_for(
+    session: AsyncSession,
+    item: NewEvent,
+    candidates: Sequence[Endpoint],
+    criteria_cache: matching.CriteriaCache,
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """The delivery rows of one new event: the candidates that accept it."""
+    event, focus = item.event, item.focus_resource
+    accepting = [
+        e for e in candidates if matching.endpoint_accepts(e, event, focus, criteria_cache)
+    ]
+    endpoint_ids = [endpoint.id for endpoint in accepting]
+    if any(endpoint.fhirpath_criteria for endpoint in accepting):
+        endpoint_ids = await keep_fhirpath_matches(session, event, focus, endpoint_ids)
+    numbered = any(endpoint.fhir_version for endpoint in accepting)
+    return await _delivery_rows(session, event, endpoint_ids, now, numbered=numbered)
+
+
+async def insert_deliveries(
+    session: AsyncSession,
+    event: Event,
+    endpoint_ids: Sequence[str],
+    now: datetime,
+    *,
+    numbered: bool = True,
+) -> list[str]:
+    """One pending delivery of `event` per endpoint, due now; their ids.
+
+    A FHIR Subscription's delivery carries the event's number within that Subscription;
+    `numbered=False` says the caller knows none of the endpoints is a Subscription.
+    """
+    rows = await _delivery_rows(session, event, endpoint_ids, now, numbered=numbered)
+    if rows:
+        await session.exec(sa.insert(DeliveryRow), params=rows)
+    return [row["id"] for row in rows]
+
+
+async def _delivery_rows(
+    session: AsyncSession,
+    event: Event,
+    endpoint_ids: Sequence[str],
+    now: datetime,
+    *,
+    numbered: bool,
+) -> list[dict[str, Any]]:
+    numbers = (
+        await assign_event_numbers(session, event.id, event.type, endpoint_ids) if numbered else {}
+    )
+    return [
+        {
+            "id": ids.new_id("dlv"),
+            "event_id": event.id,
+            "endpoint_id": endpoint_id,
+            "organization_id": event.organization_id,
+            "status": DeliveryStatus.PENDING.value,
+            "attempt_count": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+            "updated_at": now,
+            "event_number": numbers.get(endpoint_id),
+        }
+        for endpoint_id in endpoint_ids
+    ]
+
+
+async def _insert_event_rows(
+    session: AsyncSession, items: Sequence[NewEvent], now: datetime
+) -> set[str]:
+    """Insert the events whose keys are free, in chunks; the ids actually inserted."""
+    inserted: set[str] = set()
+    for start in range(0, len(items), EVENT_INSERT_CHUNK):
+        rows = [_event_row(item, now) for item in items[start : start + EVENT_INSERT_CHUNK]]
+        statement = (
+            _dialect_insert(session)(EventRow)
+            .values(rows)
+            .on_conflict_do_nothing()
+            .returning(col(EventRow.id))
+        )
+        inserted.update((await session.exec(statement)).scalars().all())
+    return inserted
+
+
+def _event_row(item: NewEvent, now: datetime) -> dict[str, Any]:
+    event = item.event
+    return {
+        "id": event.id,
+        "organization_id": event.organization_id,
+        "account_id": event.account_id,
+        "type": event.type,
+        "occurred_at": event.occurred_at,
+        "received_at": now,
+        "focus": event.focus,
+        "data": event.data,
+        "source": event.source,
+        "idempotency_key": event.idempotency_key,
+        "change_key": item.change_key,
+    }
+
+
+def _dialect_insert(session: AsyncSession) -> Callable[[Any], Any]:
+    """The INSERT construct with `ON CONFLICT` of the session's database."""
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert
+    return sqlite.insert
+
+
+async def first_event_id(session: AsyncSession, event: Event, change_key: str | None) -> str:
+    """The id of the stored event whose idempotency or change key `event` repeats."""
+    query = select(EventRow.id).where(EventRow.organization_id == event.organization_id)
+    if event.idempotency_key is not None:
+        query = query.where(EventRow.idempotency_key == event.idempotency_key)
+    elif change_key is not None:
+        query = query.where(EventRow.change_key == change_key)
+    else:
+        raise RuntimeError(f"event id {event.id} collided with a stored event")
+    found = (await session.exec(query)).first()
+    if found is None:
+        raise RuntimeError("an event key conflicted, but its event is not visible")
+    return found
+
+
+async def select_event(session: AsyncSession, scope: Scope, event_id: str) -> Event | None:
+    """The event with this id inside the scope, or None (also for other tenants)."""
+    if not ids.looks_like_id(event_id, "evt"):
+        return None
+    query = _scoped(select(EventRow), scope).where(EventRow.id == event_id)
+    row = (await session.exec(query)).first()
+    return to_event(row) if row is not None else None
+
+
+async def select_events_page(
+    session: AsyncSession,
+    scope: Scope,
+    *,
+    event_type: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    before: tuple[datetime, str] | None = None,
+    limit: int,
+) -> list[Event]:
+    """A page of events, newest first by (occurred_at, id), starting before the given key.
+
+    `since` is inclusive and `until` exclusive, both on the occurrence time.
+    """
+    query = _scoped(select(EventRow), scope)
+    if event_type is not None:
+        query = query.where(EventRow.type == event_type)
+    if since is not None:
+        query = query.where(col(EventRow.occurred_at) >= since)
+    if until is not None:
+        query = query.where(col(EventRow.occurred_at) < until)
+    if before is not None:
+        occurred, last_id = before
+        query = query.where(
+            sa.or_(
+                col(EventRow.occurred_at) < occurred,
+                sa.and_(col(EventRow.occurred_at) == occurred, col(EventRow.id) < last_id),
+            )
+        )
+    query = query.order_by(col(EventRow.occurred_at).desc(), col(EventRow.id).desc()).limit(limit)
+    return [to_event(row) for row in (await session.exec(query)).all()]
+
+
+async def count_deliveries_by_status(session: AsyncSession, event_id: str) -> dict[str, int]:
+    """How many of the event's deliveries are in each status (every status, zeros included)."""
+    query = (
+        select(DeliveryRow.status, sa.func.count())
+        .where(DeliveryRow.event_id == event_id)
+        .group_by(col(DeliveryRow.status))
+    )
+    counts = {status.value: 0 for status in DeliveryStatus}
+    for status, count in (await session.exec(query)).all():
+        counts[status] = int(count)
+    return counts
+
+
+def _scoped(query: Any, scope: Scope) -> Any:
+    if scope.organization_id is not None:
+        query = query.where(EventRow.organization_id == scope.organization_id)
+    if scope.account_id is not None:
+        query = query.where(EventRow.account_id == scope.account_id)
+    return query
+
+
+async def insert_event_for_endpoints(
+    session: AsyncSession, event: Event, endpoint_ids: Sequence[str], now: datetime
+) -> list[str]:
+    """Store `event` for the given endpoints only, without matching (pings); the delivery ids."""
+    if event.id not in await _insert_event_rows(session, [NewEvent(event)], now):
+        raise DuplicateEvent(event.id)
+    return await insert_deliveries(session, event, endpoint_ids, now)
+
+
+_OPERATIONAL_CRITERIA = matching.CriteriaCache()
+
+
+async def insert_operational_event(
+    session: AsyncSession,
+    organization_id: str,
+    event_type: str,
+    data: JSONObject,
+    *,
+    catalog: Catalog,
+    now: datetime,
+) -> Event:
+    """Tidings' own event (`endpoint.disabled`, `delivery.failed`...) through the same outbox."""
+    event = Event(
+        id=ids.new_id("evt"),
+        organization_id=organization_id,
+        type=event_type,
+        occurred_at=now,
+        data=data,
+        source="tidings",
+    )
+    await insert_event_with_deliveries(
+        session,
+        event,
+        catalog=catalog,
+        criteria_cache=_OPERATIONAL_CRITERIA,
+        focus_resource=None,
+        now=now,
+    )
+    return event

@@ -1,0 +1,280 @@
+"""API measurements: end-to-end latency, fan-out, and ingest against a no-op Quart route."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from bench_env import (
+    SCRIPTS,
+    Bench,
+    Tidings,
+    free_port,
+    sqlite_database,
+    start_process,
+    stop_process,
+    wait_http,
+)
+from bench_report import Measurement, median, percentile
+from bench_seed import EndpointSpec, bench_engine, encounter, seed_endpoints
+
+from app.domain.models import Role
+from app.store.admin import create_api_key
+
+FLOW_TYPE = "patient_flow.completed"
+FANOUT_ENDPOINTS = 1_000
+BUNDLE_CHANGES = 500
+CLIENT_CONCURRENCY = 32
+MAX_IN_FLIGHT = 200
+
+
+def flow_event(number: int) -> dict[str, Any]:
+    """A `patient_flow.completed` event body for `POST /v1/events`."""
+    return {
+        "type": FLOW_TYPE,
+        "data": {
+            "id": f"flow_{number}",
+            "patient": f"Patient/p{number % 1000}",
+            "status": "completed",
+            "completed_at": "2025-06-01T12:00:00Z",
+        },
+    }
+
+
+def history_bundle(first: int, count: int = BUNDLE_CHANGES) -> dict[str, Any]:
+    """A FHIR history Bundle of `count` Encounter updates (distinct resources and versions)."""
+    entries = []
+    for number in range(first, first + count):
+        resource = encounter(number)
+        entries.append(
+            {
+                "fullUrl": f"Encounter/{resource['id']}",
+                "resource": resource,
+                "request": {"method": "PUT", "url": f"Encounter/{resource['id']}"},
+                "response": {"status": "200 OK"},
+            }
+        )
+    return {"resourceType": "Bundle", "type": "history", "entry": entries}
+
+
+def _headers(key: str, content_type: str = "application/json") -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}", "Content-Type": content_type}
+
+
+async def _source_key(database_url: str, organization: str) -> str:
+    key, _ = await create_api_key(database_url, organization, Role.SOURCE, None)
+    return key
+
+
+async def end_to_end(bench: Bench) -> list[Measurement]:
+    """Open-loop events through `tidings serve`, then one event fanned out to 1,000 endpoints."""
+    database = await sqlite_database(bench.work / "serve.db")
+    engine = bench_engine(database)
+    rx = bench.receiver
+    await seed_endpoints(engine, [EndpointSpec("e2e", rx.url("/ok/e2e"), (FLOW_TYPE,))])
+    await seed_endpoints(
+        engine,
+        [EndpointSpec("fan", rx.url(f"/ok/fan{n}"), (FLOW_TYPE,)) for n in range(FANOUT_ENDPOINTS)],
+    )
+    await engine.dispose()
+    e2e_key = await _source_key(database.url, "e2e")
+    fan_key = await _source_key(database.url, "fan")
+    process, base = await Tidings(database.url, bench.work / "serve").start_server("serve")
+    try:
+        rows = await _latency(bench, base, e2e_key)
+        rows.append(await _fanout(bench, base, fan_key))
+    finally:
+        stop_process(process)
+    return rows
+
+
+async def _latency(bench: Bench, base: str, key: str) -> list[Measurement]:
+    rate, seconds = bench.sizes.e2e_rate, bench.sizes.e2e_seconds
+    await bench.receiver.reset()
+    sent: dict[str, float] = {}
+    accept_ms: list[float] = []
+    connector = aiohttp.TCPConnector(limit=256)
+    async with aiohttp.ClientSession(connector=connector, headers=_headers(key)) as session:
+
+        async def publish(number: int) -> None:
+            started = time.time()
+            async with session.post(base + "/v1/events", json=flow_event(number)) as response:
+                body = await response.json()
+            accept_ms.append((time.time() - started) * 1000)
+            if response.status == 202:
+                sent[body["id"]] = started
+
+        tasks: set[asyncio.Task[None]] = set()
+        shed = 0
+        origin = time.perf_counter()
+        for number in range(int(rate * seconds)):
+            delay = origin + number / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if len(tasks) >= MAX_IN_FLIGHT:  # the server fell behind: do not queue forever
+                shed += 1
+                continue
+            task = asyncio.create_task(publish(number))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        offered = (number + 1 - shed) / (time.perf_counter() - origin)
+        await asyncio.gather(*tasks)
+    await bench.receiver.wait_for(len(sent), timeout=bench.sizes.e2e_seconds + 10)
+    arrivals = await bench.receiver.arrivals()
+    latencies = [(arrivals[i] - t) * 1000 for i, t in sent.items() if i in arrivals]
+    missing = len(sent) - len(latencies)
+    note = (
+        f"sent {offered:.0f}/s of {rate}/s ({shed:,} shed at {MAX_IN_FLIGHT} in flight), "
+        f"{len(sent):,} accepted, {missing} not arrived"
+    )
+    rows = [
+        Measurement(
+            f"e2e p{q} (accept -> arrival)",
+            percentile(latencies, q / 100),
+            "ms",
+            goal=50 if q == 99 else None,
+            higher_is_better=False,
+            note=note,
+        )
+        for q in (50, 95, 99)
+    ]
+    rows.append(
+        Measurement(
+            "e2e p99 of POST /v1/events",
+            percentile(accept_ms, 0.99),
+            "ms",
+            note="202 response time under the same load",
+        )
+    )
+    return rows
+
+
+async def _fanout(bench: Bench, base: str, key: str) -> Measurement:
+    spans = []
+    async with aiohttp.ClientSession(headers=_headers(key)) as session:
+        for run in range(bench.sizes.fanout_runs):
+            await bench.receiver.reset()
+            started = time.time()
+            async with session.post(base + "/v1/events", json=flow_event(run)) as response:
+                assert response.status == 202, await response.text()
+            if not await bench.receiver.wait_for(FANOUT_ENDPOINTS, timeout=60):
+                raise RuntimeError("fan-out did not reach every endpoint within 60 s")
+            spans.append((await bench.receiver.stats())["ok"]["last"] - started)
+    return Measurement(
+        f"fan-out 1 event -> {FANOUT_ENDPOINTS:,} endpoints",
+        median(spans),
+        "s",
+        goal=1.0,
+        higher_is_better=False,
+        note=f"publish -> last arrival, median of {len(spans)}",
+        extra={"runs_s": spans},
+    )
+
+
+async def _closed_loop(
+    seconds: float, concurrency: int, call: Callable[[int], Awaitable[int]]
+) -> tuple[float, int]:
+    """Calls in a closed loop for `seconds` (after a short warm-up); (units/s, errors)."""
+    warm_until = time.perf_counter() + 0.5
+    while time.perf_counter() < warm_until:
+        await call(0)
+    units, errors, counter = 0, 0, iter(range(1, 10**9))
+    stop_at = time.perf_counter() + seconds
+
+    async def lane() -> None:
+        nonlocal units, errors
+        while time.perf_counter() < stop_at:
+            done = await call(next(counter))
+            units, errors = units + max(done, 0), errors + (done < 0)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(lane() for _ in range(concurrency)))
+    return units / (time.perf_counter() - started), errors
+
+
+async def _event_rate(base: str, key: str, seconds: float) -> tuple[float, int]:
+    connector = aiohttp.TCPConnector(limit=CLIENT_CONCURRENCY)
+    async with aiohttp.ClientSession(connector=connector, headers=_headers(key)) as session:
+
+        async def publish(number: int) -> int:
+            async with session.post(base + "/v1/events", json=flow_event(number)) as response:
+                await response.read()
+                return 1 if response.status in (200, 202) else -1
+
+        return await _closed_loop(seconds, CLIENT_CONCURRENCY, publish)
+
+
+async def _noop_rate(bench: Bench, seconds: float) -> float:
+    port = free_port()
+    script = str(SCRIPTS / "bench_noop.py")
+    process = start_process(
+        [sys.executable, script, "--port", str(port)], log=bench.work / "noop.log"
+    )
+    try:
+        await wait_http(f"http://127.0.0.1:{port}/healthz", process)
+        rate, _ = await _event_rate(f"http://127.0.0.1:{port}", "none", seconds)
+    finally:
+        stop_process(process)
+    return rate
+
+
+async def _bundle_rate(base: str, key: str, seconds: float) -> tuple[float, int]:
+    headers = _headers(key, "application/fhir+json")
+    async with aiohttp.ClientSession(headers=headers) as session:
+
+        async def push(number: int) -> int:
+            body = json.dumps(history_bundle(number * BUNDLE_CHANGES))
+            async with session.post(base + "/v1/ingest/fhir", data=body) as response:
+                await response.read()
+                return BUNDLE_CHANGES if response.status == 202 else -1
+
+        return await _closed_loop(seconds, 2, push)
+
+
+async def ingest(bench: Bench) -> list[Measurement]:
+    """Single events (against a no-op Quart route) and 500-change history Bundles."""
+    seconds = bench.sizes.ingest_seconds
+    noop = await _noop_rate(bench, seconds)
+    database = await sqlite_database(bench.work / "ingest.db")
+    engine = bench_engine(database)
+    await seed_endpoints(
+        engine,
+        [
+            EndpointSpec("ingest", bench.receiver.url("/ok/ingest-flow"), (FLOW_TYPE,)),
+            EndpointSpec("ingest", bench.receiver.url("/ok/ingest-enc"), ("encounter.*",)),
+        ],
+    )
+    await engine.dispose()
+    key = await _source_key(database.url, "ingest")
+    process, base = await Tidings(database.url, bench.work / "api").start_server("api")
+    try:
+        events, event_errors = await _event_rate(base, key, seconds)
+        changes, bundle_errors = await _bundle_rate(base, key, max(seconds, 2))
+    finally:
+        stop_process(process)
+    client = f"{CLIENT_CONCURRENCY} concurrent, `tidings api` on SQLite, 1 delivery each"
+    return [
+        Measurement("ingest: no-op Quart route", noop, "req/s", note="same client, Hypercorn"),
+        Measurement(
+            "ingest: POST /v1/events",
+            events,
+            "events/s",
+            goal=2_500,
+            ratio=events / noop,
+            ratio_of="no-op Quart",
+            ratio_goal=0.8,
+            note=f"{client}; {event_errors} errors",
+        ),
+        Measurement(
+            f"ingest: FHIR Bundles of {BUNDLE_CHANGES}",
+            changes,
+            "changes/s",
+            goal=20_000,
+            note=f"2 concurrent pushes; {bundle_errors} errors",
+        ),
+    ]

@@ -1,0 +1,344 @@
+"""Delivery measurements: the HTTP ceiling, queue drain, worker memory, slow receivers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from ipaddress import ip_network
+
+import aiohttp
+from bench_env import SECRET_KEY, Bench, Database, Tidings, sqlite_database, stop_process
+from bench_report import Measurement
+from bench_seed import (
+    EndpointSpec,
+    bench_engine,
+    count_by_status,
+    encounter,
+    peak_rss_mb,
+    reset_deliveries,
+    seed_deliveries,
+    seed_endpoints,
+    wait_succeeded,
+)
+
+from app.delivery import attempts
+from app.delivery.sender import OutboundRequest, Sender
+from app.domain import payloads, secrets, signing
+from app.domain.catalog import load_catalog
+from app.domain.event_types import EventType
+from app.domain.models import DeliveryStatus, Endpoint, Event
+from app.domain.retry import RetryPolicy
+from app.store import deliveries as queue
+from app.store.db import make_session_factory
+
+CONCURRENCY = 64  # TIDINGS_WORKER_CONCURRENCY's default, for the clients too
+DRAIN_ENDPOINTS = 10
+DRAIN_TARGET = 5_000.0
+CEILING_SHARE = 0.4
+
+
+async def run_closed(count: int, concurrency: int, send: Callable[[int], Awaitable[None]]) -> float:
+    """Call `send(0..count-1)` with `concurrency` in flight; the rate in calls per second."""
+    next_index = iter(range(count))
+
+    async def lane() -> None:
+        for index in next_index:
+            await send(index)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(lane() for _ in range(concurrency)))
+    return count / (time.perf_counter() - started)
+
+
+def signed_requests(url: str, count: int) -> list[OutboundRequest]:
+    """What the worker would send: envelope bodies of an Encounter, Standard Webhooks signed."""
+    secret = secrets.generate_signing_secret()
+    now = datetime.now(UTC)
+    event_type, endpoint = _encounter_type(), _endpoint_stub()
+    requests = []
+    for number in range(count):
+        event = Event(
+            id=f"evt_bench{number:08d}",
+            organization_id="bench",
+            type="encounter.updated",
+            occurred_at=now,
+            data=encounter(number),
+        )
+        body = payloads.build_payload(
+            event, endpoint, event_type, public_url="http://x", message_id="m"
+        ).body
+        headers = signing.standard_webhooks_headers([secret], event.id, int(now.timestamp()), body)
+        requests.append(
+            OutboundRequest(
+                url=url, body=body, headers={**headers, "Content-Type": "application/json"}
+            )
+        )
+    return requests
+
+
+def _encounter_type() -> EventType:
+    found = load_catalog(()).get("encounter.updated")
+    assert found is not None
+    return found
+
+
+def _endpoint_stub() -> Endpoint:
+    return Endpoint(id="ep_x", organization_id="bench", url="http://x", event_types=("*",))
+
+
+async def ceiling(bench: Bench) -> list[Measurement]:
+    """Raw aiohttp and the Tidings `Sender`, same signed requests, same receiver, no database.
+
+    Two alternating rounds each, the best kept: the machine is shared, so a burst of someone
+    else's load should not decide the ratio.
+    """
+    count = bench.sizes.ceiling_requests
+    requests = signed_requests(bench.receiver.url("/ok/ceiling"), count)
+    connector = aiohttp.TCPConnector(limit=CONCURRENCY)
+    allowed = (ip_network("127.0.0.0/8"),)
+    raw_rates, sender_rates = [], []
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        Sender(allowed_networks=allowed, max_connections=CONCURRENCY) as sender,
+    ):
+
+        async def raw(index: int) -> None:
+            request = requests[index]
+            async with session.post(request.url, data=request.body, headers=request.headers) as r:
+                await r.read()
+
+        async def tidings(index: int) -> None:
+            outcome = await sender.send(requests[index])
+            assert outcome.status == 200, outcome
+
+        for _ in range(2):
+            raw_rates.append(await run_closed(count, CONCURRENCY, raw))
+            sender_rates.append(await run_closed(count, CONCURRENCY, tidings))
+    raw_rate, sender_rate = max(raw_rates), max(sender_rates)
+    bench.ceiling = raw_rate
+    rounds = f"rounds {', '.join(f'{r:.0f}' for r in raw_rates)}"
+    return [
+        Measurement("ceiling: aiohttp raw", raw_rate, "req/s", note=f"64 in flight; {rounds}"),
+        Measurement(
+            "ceiling: tidings Sender",
+            sender_rate,
+            "req/s",
+            ratio=sender_rate / raw_rate,
+            ratio_of="aiohttp raw",
+            note=f"rounds {', '.join(f'{r:.0f}' for r in sender_rates)}",
+        ),
+    ]
+
+
+async def attempt_cpu(database: Database) -> Measurement:
+    """CPU per attempt outside HTTP: decrypt the secret, build the payload, sign (µs/attempt)."""
+    engine = bench_engine(database)
+    sessions = make_session_factory(engine)
+    now = datetime.now(UTC)
+    async with sessions() as session, session.begin():
+        claimed = await queue.claim_due_deliveries(session, now=now, limit=100, lease_seconds=60)
+        await session.rollback()
+    await engine.dispose()
+    context = attempts.AttemptContext(
+        catalog=load_catalog(()),
+        secret_box=secrets.SecretBox(SECRET_KEY),
+        public_url="http://127.0.0.1:8080",
+        policy=RetryPolicy((5, 300)),
+        default_timeout=5,
+    )
+    rounds = 20
+    started = time.perf_counter()
+    for _ in range(rounds):
+        for item in claimed:
+            attempts.build_request(item, context, now)
+    micros = (time.perf_counter() - started) / (rounds * len(claimed)) * 1e6
+    return Measurement(
+        "attempt build+sign (CPU)",
+        micros,
+        "µs/attempt",
+        note="decrypt secret + payload JSON + HMAC, per attempt",
+    )
+
+
+async def _drain_once(bench: Bench, database: Database, workers: int, count: int) -> Drained:
+    """Start `workers` processes on a full queue; time from the first arrival until all
+    succeeded, or until the size's cap (then the rate is over the deliveries done so far)."""
+    engine = bench_engine(database)
+    await bench.receiver.reset()
+    tidings = Tidings(database.url, bench.work / f"drain-{database.pg_name or 'sqlite'}")
+    processes = [tidings.start_worker(f"worker{n}") for n in range(workers)]
+    try:
+        if not await bench.receiver.wait_for(1, timeout=60):
+            raise RuntimeError(f"no delivery arrived from {workers} worker(s) within 60 s")
+        first = (await bench.receiver.stats())["ok"]["first"]
+        seen, done = await wait_succeeded(
+            engine, count, since=first, cap=bench.sizes.drain_cap_seconds, processes=processes
+        )
+    finally:
+        for process in processes:
+            stop_process(process)
+        await engine.dispose()
+    return Drained(done, count, seen - first)
+
+
+@dataclass(frozen=True)
+class Drained:
+    """How far a drain got: `done` of `count` deliveries succeeded in `seconds`."""
+
+    done: int
+    count: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.done / self.seconds
+
+    @property
+    def note(self) -> str:
+        if self.done >= self.count:
+            return f"all {self.count:,} in {self.seconds:.1f} s"
+        return f"capped: {self.done:,} of {self.count:,} in {self.seconds:.1f} s"
+
+
+async def _seeded(bench: Bench, database: Database, count: int) -> None:
+    engine = bench_engine(database)
+    specs = [
+        EndpointSpec("drain", bench.receiver.url(f"/ok/drain{n}"), ("encounter.*",))
+        for n in range(DRAIN_ENDPOINTS)
+    ]
+    endpoint_ids = await seed_endpoints(engine, specs)
+    await seed_deliveries(engine, "drain", endpoint_ids, count)
+    await engine.dispose()
+
+
+def _drain_row(name: str, drained: Drained, bench: Bench) -> Measurement:
+    ceiling, rate, note = bench.ceiling, drained.rate, drained.note
+    return Measurement(
+        name,
+        rate,
+        "deliveries/s",
+        goal=DRAIN_TARGET,
+        ratio=rate / ceiling if ceiling else None,
+        ratio_of="aiohttp raw",
+        ratio_goal=CEILING_SHARE,
+        note=note,
+    )
+
+
+async def drain(bench: Bench) -> list[Measurement]:
+    """N pending deliveries to 10 endpoints: SQLite with one worker, PostgreSQL with 1, 2, 4."""
+    count = bench.sizes.drain_deliveries
+    rows = []
+    sqlite = await sqlite_database(bench.work / "drain.db")
+    await _seeded(bench, sqlite, count)
+    rows.append(await attempt_cpu(sqlite))
+    drained = await _drain_once(bench, sqlite, 1, count)
+    rows.append(_drain_row(f"drain {count:,} SQLite, 1 worker", drained, bench))
+    postgres = await bench.postgres("drain")
+    await _seeded(bench, postgres, count)
+    for workers in (1, 2, 4):
+        engine = bench_engine(postgres)
+        await reset_deliveries(engine)
+        await engine.dispose()
+        drained = await _drain_once(bench, postgres, workers, count)
+        name = f"drain {count:,} PostgreSQL, {workers} worker{'s' if workers > 1 else ''}"
+        rows.append(_drain_row(name, drained, bench))
+    return rows
+
+
+async def memory(bench: Bench) -> list[Measurement]:
+    """Peak RSS of `tidings worker` with a deep queue, and its delivery rate meanwhile."""
+    count = bench.sizes.memory_deliveries
+    database = await sqlite_database(bench.work / "memory.db")
+    engine = bench_engine(database)
+    specs = [
+        EndpointSpec("memory", bench.receiver.url(f"/ok/mem{n}"), ("encounter.*",))
+        for n in range(100)
+    ]
+    started = time.perf_counter()
+    await seed_deliveries(engine, "memory", await seed_endpoints(engine, specs), count)
+    seeded = time.perf_counter() - started
+    await bench.receiver.reset()
+    process = Tidings(database.url, bench.work / "memory").start_worker()
+    peak = 0.0
+    try:
+        deadline = time.monotonic() + bench.sizes.memory_seconds + 3
+        while time.monotonic() < deadline:
+            peak = max(peak, peak_rss_mb(process.pid) or 0.0)
+            await asyncio.sleep(0.2)
+    finally:
+        stats = (await bench.receiver.stats())["ok"]
+        stop_process(process)
+    done = await count_by_status(engine, DeliveryStatus.SUCCEEDED)
+    await engine.dispose()
+    rate = stats["count"] / max(1e-9, (stats["last"] or 0) - (stats["first"] or 0))
+    return [
+        Measurement(
+            f"worker peak RSS, {count:,} queued",
+            peak,
+            "MB",
+            goal=300,
+            higher_is_better=False,
+            note=f"seeded in {seeded:.0f} s",
+        ),
+        Measurement(
+            f"deliver rate, {count:,} queued (SQLite)",
+            rate,
+            "deliveries/s",
+            goal=DRAIN_TARGET,
+            note=f"{done:,} succeeded in the window",
+        ),
+    ]
+
+
+async def _slow_once(bench: Bench, hanging: int, per_endpoint: int) -> float:
+    """20 endpoints, `hanging` of them never answer; healthy deliveries/s."""
+    label = "hang" if hanging else "base"
+    database = await sqlite_database(bench.work / f"slow-{label}.db")
+    engine = bench_engine(database)
+    specs = [
+        EndpointSpec(
+            "slow", bench.receiver.url(f"/{'hang' if n < hanging else 'ok'}/s{n}"), ("encounter.*",)
+        )
+        for n in range(20)
+    ]
+    await seed_deliveries(engine, "slow", await seed_endpoints(engine, specs), 20 * per_endpoint)
+    await engine.dispose()
+    await bench.receiver.reset()
+    healthy = (20 - hanging) * per_endpoint
+    process = Tidings(database.url, bench.work / f"slow-{label}").start_worker()
+    try:
+        finished = await bench.receiver.wait_for(healthy, timeout=300)
+        stats = (await bench.receiver.stats())["ok"]
+    finally:
+        stop_process(process, grace=1)
+    if not finished:
+        raise RuntimeError(f"slow receivers ({label}): healthy deliveries did not finish")
+    return healthy / max(1e-9, float(stats["last"]) - float(stats["first"]))
+
+
+async def slow_receivers(bench: Bench) -> list[Measurement]:
+    """Healthy-endpoint throughput with 10 % of endpoints hanging, against none hanging."""
+    per_endpoint = bench.sizes.slow_per_endpoint
+    baseline = await _slow_once(bench, 0, per_endpoint)
+    hanging = await _slow_once(bench, 2, per_endpoint)
+    return [
+        Measurement(
+            "slow receivers: none hanging",
+            baseline,
+            "deliveries/s",
+            note=f"20 endpoints x {per_endpoint}",
+        ),
+        Measurement(
+            "slow receivers: 10 % hanging",
+            hanging,
+            "deliveries/s",
+            ratio=hanging / baseline,
+            ratio_of="none hanging",
+            ratio_goal=0.8,
+            note="2 of 20 endpoints hang until the 5 s timeout",
+        ),
+    ]
