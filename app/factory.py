@@ -46,7 +46,7 @@ from app.domain.matching import CriteriaCache
 from app.domain.retry import RetryPolicy
 from app.domain.secrets import SecretBox
 from app.ingest.upstream import UpstreamWatcher, new_upstream_client
-from app.scheduler import build_scheduler
+from app.scheduler import TimedWork, build_scheduler
 from app.store.db import SessionFactory, make_engine, make_session_factory
 from app.store.group_commit import EventCommitter
 
@@ -78,23 +78,22 @@ class Runtime:
 
     worker: Worker
     sender: Sender
-    start_scheduler: Callable[[], None]
-    stop_scheduler: Callable[[], None]
+    timed_work: TimedWork
     wakeups: PostgresWakeups | None
     task: asyncio.Task[None] | None = None
     upstreams: UpstreamWatcher | None = None
 
     async def start(self) -> None:
         """Begin delivering."""
-        self.start_scheduler()
+        self.timed_work.start()
         if self.wakeups is not None:
             await self.wakeups.listen(self.worker.wake)
         self.task = asyncio.create_task(self.worker.run())
 
     async def stop(self) -> None:
         """Finish in-flight attempts within the grace period, release the rest, close."""
-        self.stop_scheduler()
         self.worker.stop()
+        await self.timed_work.stop()
         if self.task is not None:
             await self.task
         await self.sender.aclose()
@@ -127,7 +126,7 @@ def build_runtime(
         allowed_networks=settings.allowed_networks,
         on_events=lambda: _wake(worker, wakeups),
     )
-    scheduler = build_scheduler(
+    timed_work = build_scheduler(
         upstreams=watcher,
         worker=worker,
         sessions=sessions,
@@ -139,8 +138,7 @@ def build_runtime(
     return Runtime(
         worker=worker,
         sender=sender,
-        start_scheduler=scheduler.start,
-        stop_scheduler=lambda: scheduler.shutdown(wait=False),
+        timed_work=timed_work,
         wakeups=wakeups,
         upstreams=watcher,
     )

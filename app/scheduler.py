@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -26,13 +28,13 @@ def build_scheduler(
     disable_after: int,
     poll_seconds: float = 1.0,
     upstreams: UpstreamWatcher | None = None,
-) -> AsyncIOScheduler:
+) -> TimedWork:
     """Due retries wake the worker every `poll_seconds`; Subscription heartbeats are queued as
     they fall due; auto-disable runs every minute (more often when `disable_after` is short,
     so the rule holds within a quarter of it); due upstream FHIR servers are polled every
     second."""
-    scheduler = AsyncIOScheduler()
-    _every(scheduler, poll_seconds, "due-retries", worker.wake)
+    timed = TimedWork()
+    timed.every(poll_seconds, "due-retries", worker.wake)
 
     async def heartbeats() -> None:
         if await notifications.queue_due_heartbeats(sessions, now=clock()):
@@ -43,16 +45,63 @@ def build_scheduler(
             sessions, catalog=catalog, now=clock(), disable_after=disable_after
         )
 
-    _every(scheduler, HEARTBEAT_CHECK_SECONDS, "subscription-heartbeats", heartbeats)
-    _every(scheduler, max(1, min(60, disable_after // 4)), "auto-disable", disable_failing)
+    timed.every(HEARTBEAT_CHECK_SECONDS, "subscription-heartbeats", heartbeats)
+    timed.every(max(1, min(60, disable_after // 4)), "auto-disable", disable_failing)
     if upstreams is not None:
         # Each upstream keeps its own `next_poll_at`; this only looks for the due ones.
-        _every(scheduler, 1, "upstream-poll", upstreams.run_once)
-    return scheduler
+        timed.every(1, "upstream-poll", upstreams.run_once)
+    return timed
 
 
-def _every(
-    scheduler: AsyncIOScheduler, seconds: float, name: str, job: Callable[[], object]
-) -> None:
-    """A job that never overlaps itself and skips missed runs instead of catching up."""
-    scheduler.add_job(job, "interval", seconds=seconds, id=name, max_instances=1, coalesce=True)
+class TimedWork:
+    """An APScheduler whose stop lets running jobs finish.
+
+    APScheduler's asyncio executor cancels running coroutine jobs on shutdown (and logs the
+    cancellation as a job failure); a job cut off mid-transaction only wastes work, but the
+    noise hides real failures. Each coroutine job therefore runs as a task of its own that the
+    scheduler merely waits on, and `stop` waits for those tasks.
+    """
+
+    def __init__(self) -> None:
+        self._scheduler = AsyncIOScheduler()
+        self._running: set[asyncio.Task[object]] = set()
+
+    def every(self, seconds: float, name: str, job: Callable[[], object]) -> None:
+        """Run `job` every `seconds` on the event loop (a plain function too: APScheduler
+        would run it on a thread), never overlapping itself, skipping missed runs instead of
+        catching up."""
+        self._scheduler.add_job(
+            self._tracked(job),
+            "interval",
+            seconds=seconds,
+            id=name,
+            max_instances=1,
+            coalesce=True,
+        )
+
+    def _tracked(self, job: Callable[[], object]) -> Callable[[], Awaitable[None]]:
+        async def call() -> object:
+            result = job()
+            return await result if inspect.isawaitable(result) else result
+
+        async def run() -> None:
+            task: asyncio.Task[object] = asyncio.ensure_future(call())
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                # Only the scheduler's shutdown cancels this wrapper; `stop` awaits the job.
+                return
+
+        return run
+
+    def start(self) -> None:
+        """Begin running the jobs (needs a running event loop)."""
+        self._scheduler.start()
+
+    async def stop(self) -> None:
+        """Start no more jobs and wait for the running ones to finish."""
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+        await asyncio.gather(*self._running, return_exceptions=True)
