@@ -28,6 +28,7 @@ from app.store.tables import (
     EndpointSecret,
     EventRow,
     Organization,
+    new_version,
 )
 
 CHUNK = 5000
@@ -114,6 +115,13 @@ async def seed_endpoints(engine: AsyncEngine, specs: Sequence[EndpointSpec]) -> 
     await insert_rows(engine, EndpointRow, endpoints)
     await insert_rows(engine, EndpointEventType, patterns)
     await insert_rows(engine, EndpointSecret, signing)
+    async with engine.begin() as connection:  # as `endpoints.endpoints_changed` does
+        organizations = table(Organization)
+        await connection.execute(
+            sa.update(organizations)
+            .where(organizations.c.id.in_({spec.organization_id for spec in specs}))
+            .values(endpoints_version=new_version())
+        )
     return endpoint_ids
 
 

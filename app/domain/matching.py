@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
+from functools import lru_cache
 
 from app.domain.catalog import NAME_PATTERN, Catalog
 from app.domain.models import Endpoint, Event, JSONObject
@@ -32,6 +33,7 @@ OPERATIONAL_EVENT_TYPES = frozenset(
 _PREFIX_PATTERN = re.compile(NAME_PATTERN.pattern.removesuffix("$") + r"\.\*$")
 
 
+@lru_cache(maxsize=4096)
 def subscription_patterns(event_type: str) -> tuple[str, ...]:
     """Every `event_types` filter value that matches `event_type`.
 
@@ -62,10 +64,9 @@ def validate_event_type_filter(value: str, catalog: Catalog) -> str | None:
     return None
 
 
-def accepts_event_type(filters: Iterable[str], event_type: str) -> bool:
+def accepts_event_type(filters: Collection[str], event_type: str) -> bool:
     """True when any of an endpoint's `event_types` filter values matches `event_type`."""
-    wanted = set(filters)
-    return any(pattern in wanted for pattern in subscription_patterns(event_type))
+    return any(pattern in filters for pattern in subscription_patterns(event_type))
 
 
 class CriteriaCache:
@@ -99,17 +100,35 @@ def _parse(text: str, resource_type: str) -> Criteria | None:
     return criteria if criteria.resource_type == resource_type else None
 
 
+def accepting_endpoints(
+    endpoints: Iterable[Endpoint],
+    event: Event,
+    focus_resource: JSONObject | None,
+    criteria_cache: CriteriaCache,
+) -> list[Endpoint]:
+    """The endpoints that accept `event` (`endpoint_accepts`), each distinct FHIR filter
+    evaluated once: partners often share filters, and evaluation is the costly part."""
+    filter_verdicts: dict[str, bool] = {}
+    return [
+        endpoint
+        for endpoint in endpoints
+        if endpoint_accepts(endpoint, event, focus_resource, criteria_cache, filter_verdicts)
+    ]
+
+
 def endpoint_accepts(
     endpoint: Endpoint,
     event: Event,
     focus_resource: JSONObject | None,
     criteria_cache: CriteriaCache,
+    filter_verdicts: dict[str, bool] | None = None,
 ) -> bool:
     """True when `endpoint` should receive `event`.
 
     Never across organizations; an endpoint bound to an account receives only that account's
     events; the event type must match a filter value; and a FHIR `filter` must match the focus
     resource. A filter that cannot be evaluated (no resource, bad criteria) rejects the event.
+    `filter_verdicts` remembers each filter's verdict for this one event.
     """
     if endpoint.organization_id != event.organization_id:
         return False
@@ -117,9 +136,15 @@ def endpoint_accepts(
         return False
     if not accepts_event_type(endpoint.event_types, event.type):
         return False
-    return endpoint.filter is None or _filter_matches(
-        endpoint.filter, focus_resource, criteria_cache
-    )
+    if endpoint.filter is None:
+        return True
+    if filter_verdicts is None:
+        return _filter_matches(endpoint.filter, focus_resource, criteria_cache)
+    verdict = filter_verdicts.get(endpoint.filter)
+    if verdict is None:
+        verdict = _filter_matches(endpoint.filter, focus_resource, criteria_cache)
+        filter_verdicts[endpoint.filter] = verdict
+    return verdict
 
 
 def _filter_matches(text: str, resource: JSONObject | None, cache: CriteriaCache) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -12,7 +13,13 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.domain import ids
 from app.domain.models import ContentLevel, Endpoint, PayloadFormat, SignatureScheme
-from app.store.tables import EndpointEventType, EndpointRow, EndpointSecret
+from app.store.tables import (
+    EndpointEventType,
+    EndpointRow,
+    EndpointSecret,
+    Organization,
+    new_version,
+)
 
 
 @dataclass(frozen=True)
@@ -86,7 +93,21 @@ async def insert_endpoint(
     )
     _add_patterns(session, row)
     await session.flush()
+    await endpoints_changed(session, row.organization_id)
     return to_endpoint(row)
+
+
+async def endpoints_changed(session: AsyncSession, organization_id: str) -> None:
+    """Give the organization a new `endpoints_version`, in the transaction of the change, so
+    every process's cached view of its endpoints (store/candidates.py) is read again.
+
+    Every change to an endpoint that matching reads goes through this module and calls this.
+    """
+    await session.exec(
+        sa.update(Organization)
+        .where(col(Organization.id) == organization_id)
+        .values(endpoints_version=new_version())
+    )
 
 
 async def select_endpoint_row(
@@ -139,6 +160,7 @@ async def update_endpoint(
         )
         _add_patterns(session, row)
     await session.flush()
+    await endpoints_changed(session, row.organization_id)
     return to_endpoint(row)
 
 
@@ -152,6 +174,7 @@ async def delete_endpoint(session: AsyncSession, row: EndpointRow, now: datetime
         sa.delete(EndpointEventType).where(col(EndpointEventType.endpoint_id) == row.id)
     )
     await session.flush()
+    await endpoints_changed(session, row.organization_id)
 
 
 async def select_live_secrets(
@@ -223,8 +246,9 @@ async def disable_endpoint(
             col(EndpointRow.deleted_at).is_(None),
         )
         .values(active=False, disabled_reason=reason, disabled_at=now, updated_at=now)
+        .returning(col(EndpointRow.organization_id))
     )
-    return bool(result.rowcount)
+    return await _changed(session, result.scalars().all())
 
 
 async def enable_endpoint(session: AsyncSession, endpoint_id: str, now: datetime) -> bool:
@@ -237,5 +261,14 @@ async def enable_endpoint(session: AsyncSession, endpoint_id: str, now: datetime
             col(EndpointRow.deleted_at).is_(None),
         )
         .values(active=True, disabled_reason=None, disabled_at=None, updated_at=now)
+        .returning(col(EndpointRow.organization_id))
     )
-    return bool(result.rowcount)
+    return await _changed(session, result.scalars().all())
+
+
+async def _changed(session: AsyncSession, organization_ids: Sequence[str]) -> bool:
+    """After an UPDATE … RETURNING organization_id: bump each organization touched; whether
+    any row changed."""
+    for organization_id in set(organization_ids):
+        await endpoints_changed(session, organization_id)
+    return bool(organization_ids)

@@ -1,7 +1,8 @@
 """The transactional outbox: an event and its deliveries are written together or not at all.
 
-`insert_event_with_deliveries` picks the endpoints that match with one indexed query
-(`endpoint_event_type` by organization and pattern), checks each with the matching rules, and
+`insert_event_with_deliveries` picks the endpoints that match from the organization's
+candidates for the event type (`store/candidates.py`: one indexed query, cached per process
+while the organization's endpoints do not change), checks each with the matching rules, and
 stores the event and one pending delivery per endpoint in the caller's transaction. The worker
 finds the deliveries by their `next_attempt_at`; an accepted event is therefore never lost.
 
@@ -26,10 +27,11 @@ from app.domain import ids, matching
 from app.domain.catalog import Catalog
 from app.domain.models import DeliveryStatus, Endpoint, Event, JSONObject
 from app.fhir.resource_types import is_resource_type
-from app.store.endpoints import ENDPOINT_COLUMNS, Scope, to_endpoint
+from app.store.candidates import CANDIDATES
+from app.store.endpoints import Scope
 from app.store.event_numbers import assign_event_numbers
 from app.store.subscription_filters import keep_fhirpath_matches
-from app.store.tables import DeliveryRow, EndpointEventType, EndpointRow, EventRow
+from app.store.tables import DeliveryRow, EventRow
 
 EVENT_INSERT_CHUNK = 500
 
@@ -65,31 +67,6 @@ def focus_resource_of(event: Event) -> JSONObject | None:
     if event.focus is not None and event.focus != f"{resource_type}/{resource_id}":
         return None
     return event.data
-
-
-async def select_candidate_endpoints(
-    session: AsyncSession, organization_id: str, event_type: str
-) -> list[Endpoint]:
-    """The organization's live endpoints whose `event_types` name `event_type` or a pattern of it.
-
-    One query through the (organization, pattern) index: endpoints that subscribe to other
-    types, and other organizations' endpoints, are never read.
-    """
-    subscribed = (
-        select(EndpointEventType.endpoint_id)
-        .where(EndpointEventType.organization_id == organization_id)
-        .where(col(EndpointEventType.pattern).in_(matching.subscription_patterns(event_type)))
-    )
-    query = (
-        sa.select(*ENDPOINT_COLUMNS)
-        .where(col(EndpointRow.id).in_(subscribed))
-        .where(col(EndpointRow.organization_id) == organization_id)
-        .where(col(EndpointRow.active).is_(True))
-        .where(col(EndpointRow.deleted_at).is_(None))
-        .order_by(col(EndpointRow.id))
-    )
-    rows = (await session.exec(query)).all()  # type: ignore[call-overload]
-    return [to_endpoint(row) for row in rows]
 
 
 @dataclass(frozen=True)
@@ -142,7 +119,7 @@ async def insert_events_with_deliveries(
         if item.event.type not in catalog:
             raise ValueError(f"unknown event type {item.event.type!r}")
     inserted = await _insert_event_rows(session, items, now)
-    candidates: dict[tuple[str, str], list[Endpoint]] = {}
+    candidates: dict[tuple[str, str], Sequence[Endpoint]] = {}
     stored: list[list[str] | None] = []
     rows: list[dict[str, Any]] = []
     for item in items:
@@ -151,7 +128,7 @@ async def insert_events_with_deliveries(
             continue
         key = (item.event.organization_id, item.event.type)
         if key not in candidates:
-            candidates[key] = await select_candidate_endpoints(session, *key)
+            candidates[key] = await CANDIDATES.candidates(session, *key)
         new_rows = await _deliveries_for(session, item, candidates[key], criteria_cache, now)
         stored.append([row["id"] for row in new_rows])
         rows += new_rows
@@ -169,9 +146,7 @@ async def _deliveries_for(
 ) -> list[dict[str, Any]]:
     """The delivery rows of one new event: the candidates that accept it."""
     event, focus = item.event, item.focus_resource
-    accepting = [
-        e for e in candidates if matching.endpoint_accepts(e, event, focus, criteria_cache)
-    ]
+    accepting = matching.accepting_endpoints(candidates, event, focus, criteria_cache)
     endpoint_ids = [endpoint.id for endpoint in accepting]
     if any(endpoint.fhirpath_criteria for endpoint in accepting):
         endpoint_ids = await keep_fhirpath_matches(session, event, focus, endpoint_ids)

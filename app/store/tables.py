@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime
 from typing import Any
 
@@ -9,6 +10,11 @@ import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
 from app.store.types import UTCDateTime
+
+
+def new_version() -> str:
+    """A fresh random version token: never equal to one from another database or process."""
+    return secrets.token_hex(8)
 
 
 def _json_column(nullable: bool = False) -> Any:
@@ -27,6 +33,12 @@ class Organization(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=64)
     name: str = Field(max_length=200)
     created_at: datetime = Field(sa_column=_time_column())
+    # A new random value in the transaction of every change to the organization's endpoints:
+    # what per-process caches of its endpoints are checked against (see store/candidates.py).
+    endpoints_version: str = Field(
+        default_factory=new_version,
+        sa_column=sa.Column(sa.String(32), nullable=False, default=new_version),
+    )
 
 
 class Account(SQLModel, table=True):

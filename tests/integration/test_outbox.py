@@ -13,8 +13,8 @@ from sqlmodel import select
 from app.domain import ids
 from app.domain.matching import CriteriaCache
 from app.domain.models import Event
+from app.store import candidates, outbox, tenants
 from app.store import endpoints as endpoint_store
-from app.store import outbox, tenants
 from app.store.db import transaction
 from app.store.tables import DeliveryRow, EventRow
 from tests.integration.conftest import Api
@@ -43,7 +43,7 @@ async def test_the_candidate_query_reads_only_matching_endpoints(api: Api) -> No
     await add_endpoints(api, "acme", 1, ["encounter.updated", "*"])
     sessions = services_of(api).sessions
     async with transaction(sessions) as session:
-        found = await outbox.select_candidate_endpoints(session, "acme", "encounter.updated")
+        found = await candidates.select_candidate_endpoints(session, "acme", "encounter.updated")
         statement = sa.text(
             "SELECT COUNT(*) FROM endpoint_event_type WHERE organization_id = 'acme'"
             " AND pattern IN ('encounter.updated', 'encounter.*', '*')"

@@ -10,6 +10,7 @@ import pytest
 from app.domain.catalog import Catalog, load_catalog
 from app.domain.matching import (
     CriteriaCache,
+    accepting_endpoints,
     accepts_event_type,
     endpoint_accepts,
     subscription_patterns,
@@ -192,3 +193,40 @@ def test_criteria_cache_evicts_least_recently_used() -> None:
     cache.get("status=preliminary", "Observation")
     assert cache.get("status=final", "Observation") is final
     assert cache.get("status=amended", "Observation") is not amended
+
+
+class CountingCache(CriteriaCache):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lookups: list[str] = []
+
+    def get(self, text: str, resource_type: str) -> Any:
+        self.lookups.append(text)
+        return super().get(text, resource_type)
+
+
+def test_accepting_endpoints_agrees_with_endpoint_accepts_and_evaluates_each_filter_once() -> None:
+    final, amended = "Observation?status=final", "Observation?status=amended"
+    endpoints = [
+        endpoint(id=f"ep_{number}", **fields)
+        for number, fields in enumerate(
+            [
+                {"filter": final},
+                {"filter": final, "event_types": ("observation.*",)},
+                {"filter": amended},
+                {"filter": final, "account_id": "acc-9"},
+                {"filter": None},
+                {"filter": final, "organization_id": "org_b"},
+                {"filter": amended, "event_types": ("patient.*",)},
+                {"filter": final},
+            ]
+        )
+    ]
+    cache = CountingCache()
+    accepted = accepting_endpoints(endpoints, event(), OBSERVATION, cache)
+    one_by_one = [
+        e for e in endpoints if endpoint_accepts(e, event(), OBSERVATION, CriteriaCache())
+    ]
+    assert accepted == one_by_one
+    assert [e.id for e in accepted] == ["ep_0", "ep_1", "ep_4", "ep_7"]
+    assert sorted(cache.lookups) == [amended, final]

@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: 556157290109
+Revision ID: bd3d9546dd65
 Revises: 
-Create Date: 2026-11-23 12:02:28.112874
+Create Date: 2026-11-23 14:02:07.408595
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from alembic import op
 import app.store.types
 
 
-revision = '556157290109'
+revision = 'bd3d9546dd65'
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -26,6 +26,7 @@ def upgrade() -> None:
     sa.Column('id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
     sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
     sa.Column('created_at', app.store.types.UTCDateTime(), nullable=False),
+    sa.Column('endpoints_version', sa.String(length=32), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
     op.create_table('account',
