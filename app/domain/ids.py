@@ -35,7 +35,8 @@ def new_id(prefix: str) -> str:
     """A new id like `ep_2Vx...`: time first, so ids made by one process sort in creation order
     (byte order), then 11 random characters."""
     millis, counter = _sequence.next()
-    tail = "".join(secrets.choice(_ALPHABET) for _ in range(11))
+    # 64 random bits (one read of the system's random source) as 11 base-62 characters.
+    tail = _encode(int.from_bytes(secrets.token_bytes(8)), 11)
     return f"{prefix}_{_encode(millis, 8)}{_encode(counter, 3)}{tail}"
 
 

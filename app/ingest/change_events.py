@@ -54,6 +54,7 @@ def events_for_change(
     de-duplicated.
     """
     data = event_data(change)
+    dedup_key = change.dedup_key if change.version_id else None
     return [
         ChangeEvent(
             Event(
@@ -66,7 +67,7 @@ def events_for_change(
                 focus=event_type.focus_for_change(change),
                 source=SOURCE,
             ),
-            f"{event_type.name}:{change.dedup_key}" if change.version_id else None,
+            f"{event_type.name}:{dedup_key}" if dedup_key is not None else None,
         )
         for event_type in catalog.types_for_change(change)
     ]

@@ -190,21 +190,29 @@ def _entry_change(entry: Any, at: str) -> PushedChange | None:
         raise BadEntry(at, "each entry must be an object")
     request = _object(entry, "request", at)
     response = _object(entry, "response", at)
-    method = request.get("method")
-    if method is not None and (not isinstance(method, str) or method.upper() not in _METHODS):
-        if isinstance(method, str) and method.upper() in _READS:
-            return None
-        raise BadEntry(f"{at}/request/method", f"{method!r} is not POST, PUT, PATCH or DELETE")
+    method = _method(request.get("method"), at)
+    if method in _READS:
+        return None
     resource = _object(entry, "resource", at) or None
-    if method is not None and method.upper() == "PATCH":
+    if method == "PATCH":
         resource = None  # the entry holds the patch document, not the patched resource
     if resource is not None:
-        _check_resource(resource, f"{at}/resource")
+        _check_resource(resource, at + "/resource")
     elif method is None:
         raise BadEntry(at, "the entry has neither a resource nor a request")
-    interaction = _METHODS[method.upper()] if method else _implied_interaction(resource or {})
+    interaction = _METHODS[method] if method else _implied_interaction(resource or {})
     change = _entry_resource_change(entry, request, response, resource, interaction, at)
     return PushedChange(change, _moment(resource, response))
+
+
+def _method(method: Any, at: str) -> str | None:
+    """`request.method` upper-cased: a write, a read (GET, HEAD), or None when absent."""
+    if method is None:
+        return None
+    upper = method.upper() if isinstance(method, str) else None
+    if upper in _METHODS or upper in _READS:
+        return upper
+    raise BadEntry(f"{at}/request/method", f"{method!r} is not POST, PUT, PATCH or DELETE")
 
 
 def _entry_resource_change(
@@ -327,12 +335,14 @@ def _with_previous(pushed: list[PushedChange]) -> list[PushedChange]:
     latest: dict[str, JSONObject] = {}
     linked = []
     for item in pushed:
-        change, earlier = item.change, latest.get(item.change.reference)
+        change = item.change
+        reference = change.reference
+        earlier = latest.get(reference)
         if earlier is not None and change.previous is None:
-            change = dataclasses.replace(change, previous=earlier)
-        linked.append(PushedChange(change, item.moment))
+            item = PushedChange(dataclasses.replace(change, previous=earlier), item.moment)
+        linked.append(item)
         if change.resource is not None:
-            latest[change.reference] = change.resource
+            latest[reference] = change.resource
         elif change.interaction is Interaction.DELETE:
-            latest.pop(change.reference, None)
+            latest.pop(reference, None)
     return linked

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlmodel import col, select
+from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.domain import ids
@@ -78,7 +78,7 @@ async def claim_due_deliveries(
         .values(status=DeliveryStatus.DELIVERING.value, lease_expires_at=lease, updated_at=now)
         .returning(_delivery.c.id)
     )
-    claimed = [row[0] for row in (await session.exec(claim)).all()]
+    claimed = [row[0] for row in await _rows(session, claim)]
     return await _load_claimed(session, claimed, now)
 
 
@@ -94,7 +94,7 @@ async def _claimable_ids(session: AsyncSession, now: datetime, limit: int) -> li
         query = _candidates(status, due_column, now, limit - len(found))
         if postgres:
             query = query.with_for_update(skip_locked=True, of=DeliveryRow)
-        found += [row[0] for row in (await session.exec(query)).all()]
+        found += [row[0] for row in await _rows(session, query)]
         if len(found) >= limit:
             break
     return found
@@ -190,24 +190,31 @@ async def _load_claimed(
 
 
 async def _rows(session: AsyncSession, query: Any) -> Sequence[Any]:
-    return (await session.exec(query)).all()  # type: ignore[no-any-return]
+    """Core rows, run on the session's connection: the ORM's execution layer costs more than
+    these hot-path statements themselves."""
+    connection = await session.connection()
+    return (await connection.execute(query)).all()
+
+
+async def _execute(session: AsyncSession, statement: Any, params: Any = None) -> None:
+    """A Core statement (or an executemany with a list of `params`) on the session's
+    connection."""
+    connection = await session.connection()
+    await connection.execute(statement, params)
 
 
 async def _live_secrets(
     session: AsyncSession, endpoint_ids: set[str], now: datetime
 ) -> dict[str, list[str]]:
-    rows = (
-        await session.exec(
-            select(EndpointSecret)
-            .where(col(EndpointSecret.endpoint_id).in_(endpoint_ids))
-            .where(
-                sa.or_(
-                    col(EndpointSecret.expires_at).is_(None), col(EndpointSecret.expires_at) > now
-                )
-            )
-            .order_by(col(EndpointSecret.created_at).desc(), col(EndpointSecret.id).desc())
+    rows = await _rows(
+        session,
+        sa.select(col(EndpointSecret.endpoint_id), col(EndpointSecret.secret))
+        .where(col(EndpointSecret.endpoint_id).in_(endpoint_ids))
+        .where(
+            sa.or_(col(EndpointSecret.expires_at).is_(None), col(EndpointSecret.expires_at) > now)
         )
-    ).all()
+        .order_by(col(EndpointSecret.created_at).desc(), col(EndpointSecret.id).desc()),
+    )
     found: dict[str, list[str]] = {}
     for row in rows:
         found.setdefault(row.endpoint_id, []).append(row.secret)
@@ -223,8 +230,9 @@ async def record_attempts(session: AsyncSession, records: Sequence[AttemptRecord
     """
     if not records:
         return
-    await session.exec(sa.insert(AttemptRow), params=[_attempt_row(r) for r in records])
-    await session.exec(
+    await _execute(session, sa.insert(AttemptRow), [_attempt_row(r) for r in records])
+    await _execute(
+        session,
         sa.update(_delivery)
         .where(
             _delivery.c.id == sa.bindparam("delivery_id"),
@@ -238,7 +246,7 @@ async def record_attempts(session: AsyncSession, records: Sequence[AttemptRecord
             lease_expires_at=None,
             next_trigger="scheduled",
         ),
-        params=[
+        [
             {
                 "delivery_id": r.delivery_id,
                 "new_status": r.status.value,

@@ -33,7 +33,8 @@ from app.store.event_numbers import assign_event_numbers
 from app.store.subscription_filters import keep_fhirpath_matches
 from app.store.tables import DeliveryRow, EventRow
 
-EVENT_INSERT_CHUNK = 500
+_event: sa.Table = EventRow.__table__  # type: ignore[attr-defined]
+_delivery: sa.Table = DeliveryRow.__table__  # type: ignore[attr-defined]
 
 
 class DuplicateEvent(Exception):
@@ -133,7 +134,7 @@ async def insert_events_with_deliveries(
         stored.append([row["id"] for row in new_rows])
         rows += new_rows
     if rows:
-        await session.exec(sa.insert(DeliveryRow), params=rows)
+        await _insert_deliveries(session, rows)
     return stored
 
 
@@ -169,7 +170,7 @@ async def insert_deliveries(
     """
     rows = await _delivery_rows(session, event, endpoint_ids, now, numbered=numbered)
     if rows:
-        await session.exec(sa.insert(DeliveryRow), params=rows)
+        await _insert_deliveries(session, rows)
     return [row["id"] for row in rows]
 
 
@@ -204,18 +205,24 @@ async def _delivery_rows(
 async def _insert_event_rows(
     session: AsyncSession, items: Sequence[NewEvent], now: datetime
 ) -> set[str]:
-    """Insert the events whose keys are free, in chunks; the ids actually inserted."""
-    inserted: set[str] = set()
-    for start in range(0, len(items), EVENT_INSERT_CHUNK):
-        rows = [_event_row(item, now) for item in items[start : start + EVENT_INSERT_CHUNK]]
-        statement = (
-            _dialect_insert(session)(EventRow)
-            .values(rows)
-            .on_conflict_do_nothing()
-            .returning(col(EventRow.id))
-        )
-        inserted.update((await session.exec(statement)).scalars().all())
-    return inserted
+    """Insert the events whose keys are free; the ids actually inserted.
+
+    One statement, run as a batch: SQLAlchemy pages it into multi-row INSERTs itself
+    ("insertmanyvalues") and the compiled statement is cached, where one `.values(rows)`
+    statement per call would be compiled anew every time.
+    """
+    if not items:
+        return set()
+    statement = _dialect_insert(session)(_event).on_conflict_do_nothing().returning(_event.c.id)
+    connection = await session.connection()
+    result = await connection.execute(statement, [_event_row(item, now) for item in items])
+    return set(result.scalars().all())
+
+
+async def _insert_deliveries(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """A batch INSERT of delivery rows, on the session's connection (no ORM bulk path)."""
+    connection = await session.connection()
+    await connection.execute(sa.insert(_delivery), rows)
 
 
 def _event_row(item: NewEvent, now: datetime) -> dict[str, Any]:

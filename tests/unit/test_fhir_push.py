@@ -253,6 +253,36 @@ def test_one_bad_entry_refuses_the_bundle_and_names_each_bad_entry() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("method", "expected"),
+    [
+        ("post", Interaction.CREATE),
+        ("Put", Interaction.UPDATE),
+        ("delete", Interaction.DELETE),
+        ("get", None),
+        ("head", None),
+    ],
+)
+def test_request_methods_are_read_in_any_case(method: str, expected: Interaction | None) -> None:
+    bundle = {"resourceType": "Bundle", "type": "batch", "entry": [entry(method, "Patient/p1")]}
+    assert [item.change.interaction for item in parse_push(bundle, {})] == (
+        [] if expected is None else [expected]
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "detail"),
+    [
+        ("MOVE", "'MOVE' is not POST, PUT, PATCH or DELETE"),
+        (7, "7 is not POST, PUT, PATCH or DELETE"),
+        ("", "'' is not POST, PUT, PATCH or DELETE"),
+    ],
+)
+def test_an_unknown_request_method_is_refused_by_name(method: Any, detail: str) -> None:
+    bundle = {"resourceType": "Bundle", "type": "batch", "entry": [entry(method, "Patient/p1")]}
+    assert refusal(bundle) == [("/entry/0/request/method", detail)]
+
+
 def test_signature_is_a_hex_hmac_of_the_exact_body() -> None:
     body, secret = b'{"resourceType":"Patient"}', "medplum-subscription-secret"
     good = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
