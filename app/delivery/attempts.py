@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import random
 import uuid
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from app.delivery import notifications
@@ -24,6 +26,28 @@ class UnsendableError(Exception):
     """The delivery cannot be turned into a request (no secret, unknown payload format)."""
 
 
+class PayloadCache:
+    """Recently built bodies by `payloads.body_key`, least recently used evicted: a fan-out
+    to many endpoints builds (and encodes) each event's body once."""
+
+    def __init__(self, max_entries: int = 1024) -> None:
+        self._max_entries = max_entries
+        self._bodies: OrderedDict[tuple[object, ...], payloads.Payload] = OrderedDict()
+
+    def get_or_build(
+        self, key: tuple[object, ...], build: Callable[[], payloads.Payload]
+    ) -> payloads.Payload:
+        """The cached body for `key`, else `build()` (then cached)."""
+        found = self._bodies.get(key)
+        if found is not None:
+            self._bodies.move_to_end(key)
+            return found
+        built = self._bodies[key] = build()
+        if len(self._bodies) > self._max_entries:
+            self._bodies.popitem(last=False)
+        return built
+
+
 @dataclass(frozen=True)
 class AttemptContext:
     """What every attempt needs besides the delivery itself."""
@@ -33,6 +57,7 @@ class AttemptContext:
     public_url: str
     policy: RetryPolicy
     default_timeout: float
+    bodies: PayloadCache = field(default_factory=PayloadCache)
 
 
 def message_id_for(event_id: str) -> str:
@@ -83,12 +108,15 @@ def _payload(
     """The body (and any headers that go with it): FHIR Subscriptions have their own builder."""
     if claimed.endpoint.payload_format is PayloadFormat.FHIR_NOTIFICATION:
         return notifications.build_fhir_payload(claimed, public_url=context.public_url, now=now)
-    payload = payloads.build_payload(
-        claimed.event,
-        claimed.endpoint,
-        event_type,
-        public_url=context.public_url,
-        message_id=message_id_for(claimed.event.id),
+    payload = context.bodies.get_or_build(
+        payloads.body_key(claimed.event, claimed.endpoint, event_type),
+        lambda: payloads.build_payload(
+            claimed.event,
+            claimed.endpoint,
+            event_type,
+            public_url=context.public_url,
+            message_id=message_id_for(claimed.event.id),
+        ),
     )
     return payload, {}
 

@@ -160,7 +160,11 @@ class Worker:
         now = self._clock()
         async with transaction(self._sessions) as session:
             claimed = await queue.claim_due_deliveries(
-                session, now=now, limit=limit, lease_seconds=self._settings.lease_seconds
+                session,
+                now=now,
+                limit=limit,
+                lease_seconds=self._settings.lease_seconds,
+                skip_endpoints=self._limits.full(),
             )
             admitted, deferred = self._limits.admit(claimed, now)
             for retry_at, items in deferred.items():
@@ -176,10 +180,12 @@ class Worker:
             log.warning("delivery %s cannot be sent: %s", claimed.id, error)
             self._limits.finished(claimed.endpoint.id)
             return claimed, attempts.unsendable_outcome(error)
+        outcome: AttemptOutcome | None = None
         try:
-            return claimed, await self._sender.send(request)
+            outcome = await self._sender.send(request)
+            return claimed, outcome
         finally:
-            self._limits.finished(claimed.endpoint.id)
+            self._limits.finished(claimed.endpoint.id, outcome)
 
     async def _record(self, results: Sequence[Result]) -> None:
         if not results:

@@ -81,6 +81,18 @@ def build_payload(
     raise UnsupportedPayloadFormatError(f"{payload_format} payloads are built by the FHIR notifier")
 
 
+def body_key(event: Event, endpoint: Endpoint, event_type: EventType) -> tuple[object, ...]:
+    """Everything `build_payload` reads for `event` from the endpoint: two endpoints with equal
+    keys get byte-identical bodies (for the same `public_url` and the event's own message id),
+    so one body can serve every delivery of a fan-out."""
+    payload_format = endpoint.payload_format or event_type.payload_format
+    names_destination = payload_format in (
+        PayloadFormat.MESSAGE_HEADER,
+        PayloadFormat.MESSAGE_BUNDLE,
+    )
+    return (event.id, payload_format, endpoint.content, endpoint.url if names_destination else None)
+
+
 def _json(body: JSONObject, content_type: str) -> Payload:
     text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
     return Payload(body=text.encode("utf-8"), content_type=content_type)

@@ -60,15 +60,21 @@ class AttemptRecord:
 
 
 async def claim_due_deliveries(
-    session: AsyncSession, *, now: datetime, limit: int, lease_seconds: int
+    session: AsyncSession,
+    *,
+    now: datetime,
+    limit: int,
+    lease_seconds: int,
+    skip_endpoints: Sequence[str] = (),
 ) -> list[ClaimedDelivery]:
-    """Lease up to `limit` due deliveries (pending and due, or with an expired lease).
+    """Lease up to `limit` due deliveries (pending and due, or with an expired lease), none
+    for the endpoints in `skip_endpoints` (the worker has as many in flight as they may take).
 
     On PostgreSQL, rows locked by another worker are skipped (`FOR UPDATE SKIP LOCKED`),
     so several workers share the queue without sending anything twice. Ordered endpoints
     release one delivery at a time, oldest event first.
     """
-    claimable = await _claimable_ids(session, now, limit)
+    claimable = await _claimable_ids(session, now, limit, skip_endpoints)
     if not claimable:
         return []
     lease = now + timedelta(seconds=lease_seconds)
@@ -82,7 +88,9 @@ async def claim_due_deliveries(
     return await _load_claimed(session, claimed, now)
 
 
-async def _claimable_ids(session: AsyncSession, now: datetime, limit: int) -> list[str]:
+async def _claimable_ids(
+    session: AsyncSession, now: datetime, limit: int, skip_endpoints: Sequence[str]
+) -> list[str]:
     """Due pending deliveries first, then expired leases: two queries that each walk an index
     in due order and stop at `limit`, however long the queue is."""
     postgres = session.get_bind().dialect.name == "postgresql"
@@ -92,6 +100,8 @@ async def _claimable_ids(session: AsyncSession, now: datetime, limit: int) -> li
         (DeliveryStatus.DELIVERING, col(DeliveryRow.lease_expires_at)),
     ):
         query = _candidates(status, due_column, now, limit - len(found))
+        if skip_endpoints:
+            query = query.where(col(DeliveryRow.endpoint_id).not_in(list(skip_endpoints)))
         if postgres:
             query = query.with_for_update(skip_locked=True, of=DeliveryRow)
         found += [row[0] for row in await _rows(session, query)]

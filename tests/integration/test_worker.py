@@ -206,6 +206,24 @@ async def test_an_expired_lease_comes_back(delivering: Delivering) -> None:
     assert delivery["status"] == "succeeded"
 
 
+async def test_a_claim_skips_the_endpoints_it_is_told_to(delivering: Delivering) -> None:
+    busy = await delivering.endpoint("/busy")
+    free = await delivering.endpoint("/free")
+    await delivering.publish()
+    sessions = delivering.api.app.extensions["tidings"].sessions
+    async with transaction(sessions) as session:
+        claimed = await queue.claim_due_deliveries(
+            session,
+            now=delivering.api.clock(),
+            limit=10,
+            lease_seconds=60,
+            skip_endpoints=[busy["id"]],
+        )
+    assert [item.endpoint.id for item in claimed] == [free["id"]]
+    [waiting] = await delivering.deliveries(busy["id"])
+    assert waiting["status"] == "pending"
+
+
 async def test_ordered_endpoints_deliver_one_at_a_time_in_order(delivering: Delivering) -> None:
     endpoint = await delivering.endpoint("/fifo", 500, 200, ordered=True)
     first = await delivering.publish(idempotency_key="one")

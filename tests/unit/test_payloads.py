@@ -13,7 +13,12 @@ from app import __version__
 from app.domain.catalog import Catalog, load_catalog
 from app.domain.event_types import EventType
 from app.domain.models import ContentLevel, Endpoint, Event, PayloadFormat
-from app.domain.payloads import Payload, UnsupportedPayloadFormatError, build_payload
+from app.domain.payloads import (
+    Payload,
+    UnsupportedPayloadFormatError,
+    body_key,
+    build_payload,
+)
 
 PUBLIC_URL = "https://tidings.example.org"
 MESSAGE_ID = "0b1e7c1a-4a0e-4a56-9a1b-9a3f4a2c2d10"
@@ -343,3 +348,53 @@ def test_fhir_notification_is_not_built_here(catalog: Catalog) -> None:
     target = endpoint(payload_format=PayloadFormat.FHIR_NOTIFICATION)
     with pytest.raises(UnsupportedPayloadFormatError):
         build(catalog, resource_event(), target)
+
+
+# Every endpoint field, each set to a value other than the default one.
+OTHER_ENDPOINT_VALUES: dict[str, Any] = {
+    "id": "ep_2",
+    "organization_id": "org_b",
+    "url": "https://other.example.org/hooks",
+    "event_types": ("encounter.*",),
+    "account_id": "acc-1",
+    "filter": "Encounter?status=finished",
+    "content": ContentLevel.ID_ONLY,
+    "signature_header": "X-Signature",
+    "headers": {"X-Tenant": "t1"},
+    "active": False,
+    "timeout_seconds": 3.0,
+    "rate_limit": 5,
+    "ordered": True,
+    "max_attempts": 2,
+    "description": "other",
+    "metadata": {"team": "b"},
+    "has_credentials": True,
+    "disabled_reason": "x",
+    "disabled_at": WHEN,
+    "created_at": WHEN,
+    "updated_at": WHEN,
+}
+
+
+@pytest.mark.parametrize(
+    "payload_format",
+    [None, *(f for f in PayloadFormat if f is not PayloadFormat.FHIR_NOTIFICATION)],
+)
+@pytest.mark.parametrize("changed", sorted(OTHER_ENDPOINT_VALUES))
+def test_endpoints_with_equal_body_keys_get_identical_bodies(
+    catalog: Catalog, payload_format: PayloadFormat | None, changed: str
+) -> None:
+    """`body_key` names everything of the endpoint that the body depends on: a worker reuses
+    one body for every endpoint with the same key."""
+    kind = event_type(catalog, "encounter.updated")
+    first = endpoint(payload_format=payload_format)
+    second = endpoint(payload_format=payload_format, **{changed: OTHER_ENDPOINT_VALUES[changed]})
+    event = resource_event()
+
+    def body(of: Endpoint) -> bytes:
+        return build_payload(event, of, kind, public_url=PUBLIC_URL, message_id=MESSAGE_ID).body
+
+    if body_key(event, first, kind) == body_key(event, second, kind):
+        assert body(first) == body(second)
+    else:
+        assert changed in ("url", "content")
