@@ -72,7 +72,9 @@ async def _source_key(database_url: str, organization: str) -> str:
 
 
 async def end_to_end(bench: Bench) -> list[Measurement]:
-    """Open-loop events through `tidings serve`, then one event fanned out to 1,000 endpoints."""
+    """Open-loop events through `tidings serve` on SQLite (accepting and delivering share one
+    process and one core), then through `tidings api` + `tidings worker` on PostgreSQL (a core
+    each); then one event fanned out to 1,000 endpoints through `serve`."""
     database = await sqlite_database(bench.work / "serve.db")
     engine = bench_engine(database)
     rx = bench.receiver
@@ -86,14 +88,32 @@ async def end_to_end(bench: Bench) -> list[Measurement]:
     fan_key = await _source_key(database.url, "fan")
     process, base = await Tidings(database.url, bench.work / "serve").start_server("serve")
     try:
-        rows = await _latency(bench, base, e2e_key)
-        rows.append(await _fanout(bench, base, fan_key))
+        rows = await _latency(bench, base, e2e_key, "SQLite, serve")
+        fanout = await _fanout(bench, base, fan_key)
     finally:
         stop_process(process)
-    return rows
+    return [*rows, *await _split_latency(bench), fanout]
 
 
-async def _latency(bench: Bench, base: str, key: str) -> list[Measurement]:
+async def _split_latency(bench: Bench) -> list[Measurement]:
+    """The same open loop through `tidings api` and one `tidings worker` on PostgreSQL: the
+    worker is woken by LISTEN/NOTIFY, not by a poll tick."""
+    database = await bench.postgres("e2e")
+    engine = bench_engine(database)
+    await seed_endpoints(engine, [EndpointSpec("e2e", bench.receiver.url("/ok/e2e"), (FLOW_TYPE,))])
+    await engine.dispose()
+    key = await _source_key(database.url, "e2e")
+    tidings = Tidings(database.url, bench.work / "split")
+    worker = tidings.start_worker()
+    api, base = await tidings.start_server("api")
+    try:
+        return await _latency(bench, base, key, "PostgreSQL, api + worker")
+    finally:
+        stop_process(api)
+        stop_process(worker)
+
+
+async def _latency(bench: Bench, base: str, key: str, setup: str) -> list[Measurement]:
     rate, seconds = bench.sizes.e2e_rate, bench.sizes.e2e_seconds
     await bench.receiver.reset()
     sent: dict[str, float] = {}
@@ -134,7 +154,7 @@ async def _latency(bench: Bench, base: str, key: str) -> list[Measurement]:
     )
     rows = [
         Measurement(
-            f"e2e p{q} (accept -> arrival)",
+            f"e2e p{q} (accept -> arrival), {setup}",
             percentile(latencies, q / 100),
             "ms",
             goal=50 if q == 99 else None,
@@ -145,7 +165,7 @@ async def _latency(bench: Bench, base: str, key: str) -> list[Measurement]:
     ]
     rows.append(
         Measurement(
-            "e2e p99 of POST /v1/events",
+            f"e2e p99 of POST /v1/events, {setup}",
             percentile(accept_ms, 0.99),
             "ms",
             note="202 response time under the same load",

@@ -11,7 +11,7 @@ from app.api.problems import ApiError
 from app.domain import secrets
 from app.domain.models import Principal
 from app.store import tenants
-from app.store.db import transaction
+from app.store.db import SessionFactory, transaction
 
 PROTECTED_PREFIXES = ("/v1/", "/fhir/")
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="tidings"'}
@@ -25,22 +25,22 @@ async def authenticate() -> None:
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise ApiError(401, "Unauthorized", "send Authorization: Bearer <api key>", _CHALLENGE)
-    principal = await _principal(secrets.hash_api_key(key.strip()), services().clock())
+    found = services()
+    now = found.clock()
+    key_hash = secrets.hash_api_key(key.strip())
+    principal = await found.principal_cache.resolve(
+        key_hash, now, lambda: _principal(found.sessions, key_hash, now)
+    )
     if principal is None:
         raise ApiError(401, "Unauthorized", "the API key is unknown or revoked", _CHALLENGE)
-    services().rate_limiter.check(principal.key_id, services().clock())
+    found.rate_limiter.check(principal.key_id, now)
     g.principal = principal
 
 
-async def _principal(key_hash: str, now: datetime) -> Principal | None:
-    cache = services().principal_cache
-    principal = cache.get(key_hash, now)
-    if principal is not None:
-        return principal
-    async with transaction(services().sessions) as session:
+async def _principal(sessions: SessionFactory, key_hash: str, now: datetime) -> Principal | None:
+    """The key's caller from the database (marking the key used), or None."""
+    async with transaction(sessions) as session:
         principal = await tenants.select_principal(session, key_hash)
         if principal is not None:
             await tenants.update_key_last_used(session, principal.key_id, now)
-    if principal is not None:
-        cache.put(key_hash, principal, now)
     return principal

@@ -7,16 +7,19 @@ safe, and a key cannot be reused for a different event.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
-from quart import Blueprint
+from quart import Blueprint, Response, current_app
 from quart_schema import document_querystring, document_request
 
 from app.api.context import owner_of, require_role, scope_of, services
 from app.api.pagination import decode_cursor, encode_cursor
 from app.api.requests import body_as, query_as
 from app.domain import ids
+from app.domain.catalog import Catalog
 from app.domain.errors import NotFound, Problem, ValidationFailed
 from app.domain.event_types import EventType
 from app.domain.models import Event, Principal, Role
@@ -57,24 +60,25 @@ class EventListQuery(BaseModel):
 
 @blueprint.post("")
 @document_request(EventIn)
-async def publish_event() -> tuple[dict[str, Any], int]:
+async def publish_event() -> Response:
     """Accept an event: 202 with its id; the same idempotency key again answers 200."""
     principal = require_role(*PUBLISHERS)
     body = await body_as(EventIn)
-    event_type = _event_type(body.type)
+    found = services()
+    event_type = _event_type(found.catalog, body.type)
     problems = event_type.validate_data(body.data, at="/data")
     if problems:
         raise ValidationFailed(problems)
-    event = _event(body, event_type, principal)
+    event = _event(body, event_type, principal, found.clock)
     if event.organization_id != principal.organization_id:  # an admin's choice
-        async with transaction(services().sessions) as session:
-            await tenants.ensure_organization(session, event.organization_id, services().clock())
+        async with transaction(found.sessions) as session:
+            await tenants.ensure_organization(session, event.organization_id, found.clock())
     item = outbox.NewEvent(event, outbox.focus_resource_of(event))
-    first_id = await services().event_committer.store(item)
+    first_id = await found.event_committer.store(item)
     if first_id is not None:
-        return {"id": first_id}, 200
-    services().wake_worker()
-    return {"id": event.id}, 202
+        return _id_response(first_id, 200)
+    found.wake_worker()
+    return _id_response(event.id, 202)
 
 
 @blueprint.get("")
@@ -126,22 +130,33 @@ def event_out(event: Event) -> dict[str, Any]:
     }
 
 
-def _event_type(name: str) -> EventType:
-    event_type = services().catalog.get(name)
+def _id_response(event_id: str, status: int) -> Response:
+    """`{"id": ...}` as Quart would answer a returned dict, built here: quart-schema would
+    otherwise make a pydantic TypeAdapter for the dict, on every request."""
+    response = current_app.json.response({"id": event_id})
+    assert isinstance(response, Response)
+    response.status_code = status
+    return response
+
+
+def _event_type(catalog: Catalog, name: str) -> EventType:
+    event_type = catalog.get(name)
     if event_type is None:
         detail = f"unknown event type {name!r}; GET /v1/event-types lists the catalog"
         raise ValidationFailed([Problem("/type", detail)])
     return event_type
 
 
-def _event(body: EventIn, event_type: EventType, principal: Principal) -> Event:
+def _event(
+    body: EventIn, event_type: EventType, principal: Principal, clock: Callable[[], datetime]
+) -> Event:
     organization_id, account_id = owner_of(principal, body.organization, body.account)
     return Event(
         id=ids.new_id("evt"),
         organization_id=organization_id,
         account_id=account_id,
         type=event_type.name,
-        occurred_at=body.occurred_at or services().clock(),
+        occurred_at=body.occurred_at or clock(),
         data=body.data,
         focus=body.focus or event_type.focus_for_data(body.data),
         source="api",

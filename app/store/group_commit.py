@@ -5,6 +5,12 @@ everything queued since its last round and stores it with `outbox.insert_events_
 in ONE transaction, then answers every waiter. Under load, a transaction, a candidate lookup
 per event type and the inserts are paid once per round instead of once per event; alone, an
 event is committed at once. Durability is unchanged: nobody is answered before the commit.
+
+A round costs about as much as a dozen events (each statement is a few hops to the database
+driver's thread), so under load the committer gathers before it starts one: when the last
+round ended moments ago, it waits (at most `GATHER_SECONDS`) until as many events are queued
+as in the larger of the last two rounds. Without that, a closed loop of clients settles into
+two groups, e.g. rounds of 1 event alternating with rounds of all the others.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from app.store import outbox
 from app.store.db import SessionFactory, transaction
 
 MAX_ROUND = 500
+GATHER_AFTER_SECONDS = 0.010  # a round that starts this soon after the last one gathers first
+GATHER_SECONDS = 0.020
 
 
 @dataclass
@@ -46,24 +54,48 @@ class EventCommitter:
         self._clock = clock
         self._queue: list[_Waiting] = []
         self._running: asyncio.Task[None] | None = None
+        self._recent_sizes = (0, 0)  # of the last two rounds
+        self._last_ended = float("-inf")  # loop time
+        self._enough: asyncio.Future[None] | None = None
 
     async def store(self, item: outbox.NewEvent) -> str | None:
         """Store one event; None when stored, else the id of the event stored first with the
         same idempotency key. Raises what storing it raised."""
         waiting = _Waiting(item)
         self._queue.append(waiting)
+        if self._enough is not None and len(self._queue) >= max(self._recent_sizes):
+            if not self._enough.done():
+                self._enough.set_result(None)
         if self._running is None or self._running.done():
             self._running = asyncio.ensure_future(self._commit_rounds())
         return await waiting.answer
 
     async def _commit_rounds(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._queue:
+            if loop.time() - self._last_ended < GATHER_AFTER_SECONDS:
+                await self._gather(loop)
             round_, self._queue = self._queue[:MAX_ROUND], self._queue[MAX_ROUND:]
             try:
                 await self._commit(round_)
             except Exception:  # one bad event must not fail the others: go one by one
                 for waiting in round_:
                     await self._commit_alone(waiting)
+            self._recent_sizes = (self._recent_sizes[1], len(round_))
+            self._last_ended = loop.time()
+
+    async def _gather(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait until as many events are queued as in the recent rounds, or `GATHER_SECONDS`."""
+        if len(self._queue) >= max(self._recent_sizes):
+            return
+        self._enough = loop.create_future()
+        try:
+            async with asyncio.timeout(GATHER_SECONDS):
+                await self._enough
+        except TimeoutError:
+            pass
+        finally:
+            self._enough = None
 
     async def _commit(self, round_: list[_Waiting]) -> None:
         async with transaction(self._sessions) as session:

@@ -1,0 +1,90 @@
+"""The group commit: under load, events gather into rounds; a round is never held for long."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from app.domain import ids
+from app.domain.models import Event
+from app.store import group_commit, outbox
+from tests.integration.conftest import Api
+from tests.integration.outbox_helpers import services_of, stored_event_types
+
+FLOW = {
+    "id": "flow_1",
+    "patient": "Patient/123",
+    "status": "completed",
+    "completed_at": "2026-01-01T11:00:00Z",
+}
+
+
+@pytest.fixture
+async def round_sizes(api: Api, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of events of each round the committer stores, in order."""
+    await api.key("acme", "source")  # the organization
+    sizes: list[int] = []
+    insert = outbox.insert_events_with_deliveries
+
+    async def recording(session: Any, items: Any, **options: Any) -> Any:
+        sizes.append(len(items))
+        return await insert(session, items, **options)
+
+    monkeypatch.setattr(outbox, "insert_events_with_deliveries", recording)
+    return sizes
+
+
+def new_event(api: Api) -> outbox.NewEvent:
+    event = Event(
+        id=ids.new_id("evt"),
+        organization_id="acme",
+        account_id=None,
+        type="patient_flow.completed",
+        occurred_at=api.clock(),
+        data=FLOW,
+        focus=None,
+        source="api",
+    )
+    return outbox.NewEvent(event)
+
+
+async def store_many(api: Api, count: int) -> list[str | None]:
+    committer = services_of(api).event_committer
+    return await asyncio.gather(*(committer.store(new_event(api)) for _ in range(count)))
+
+
+async def test_events_arriving_soon_after_a_round_gather_into_one(
+    api: Api, round_sizes: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(group_commit, "GATHER_AFTER_SECONDS", 60.0)
+    monkeypatch.setattr(group_commit, "GATHER_SECONDS", 60.0)  # only a full round ends the wait
+    assert await store_many(api, 4) == [None] * 4
+    first = asyncio.ensure_future(store_many(api, 1))
+    await asyncio.sleep(0.01)
+    assert round_sizes == [4]  # the lone event waits for company
+    assert await store_many(api, 3) == [None] * 3
+    assert await first == [None]
+    assert round_sizes == [4, 4]
+    assert await stored_event_types(api) == {"patient_flow.completed": 8}
+
+
+async def test_a_gathering_round_is_held_at_most_the_gathering_time(
+    api: Api, round_sizes: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(group_commit, "GATHER_AFTER_SECONDS", 60.0)
+    monkeypatch.setattr(group_commit, "GATHER_SECONDS", 0.01)
+    await store_many(api, 4)
+    assert await asyncio.wait_for(store_many(api, 1), timeout=5) == [None]
+    assert round_sizes == [4, 1]
+
+
+async def test_an_event_after_a_quiet_moment_is_committed_at_once(
+    api: Api, round_sizes: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(group_commit, "GATHER_AFTER_SECONDS", 0.0)  # every moment is quiet
+    monkeypatch.setattr(group_commit, "GATHER_SECONDS", 60.0)
+    await store_many(api, 4)
+    assert await asyncio.wait_for(store_many(api, 1), timeout=5) == [None]
+    assert round_sizes == [4, 1]
