@@ -48,7 +48,7 @@ class Settings:
     log_level: str = "info"
     max_body_bytes: int = 1024 * 1024
     worker_batch_size: int = 100
-    worker_concurrency: int = 64
+    worker_concurrency: int = 512
     lease_seconds: int = 60
     poll_seconds: float = 1.0
     api_rate_limit: int = 0

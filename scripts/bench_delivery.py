@@ -34,7 +34,7 @@ from app.domain.retry import RetryPolicy
 from app.store import deliveries as queue
 from app.store.db import make_session_factory
 
-CONCURRENCY = 64  # TIDINGS_WORKER_CONCURRENCY's default, for the clients too
+CONCURRENCY = 64  # requests in flight for the ceiling clients
 DRAIN_ENDPOINTS = 10
 DRAIN_TARGET = 5_000.0
 CEILING_SHARE = 0.4

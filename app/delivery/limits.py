@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from app.domain.retry import AttemptError, AttemptOutcome
 from app.store.deliveries import ClaimedDelivery
 
-MAX_IN_FLIGHT_PER_ENDPOINT = 16
+MAX_IN_FLIGHT_PER_ENDPOINT = 64
 SLOW_IN_FLIGHT_PER_ENDPOINT = 2
 # An answer this slow (or a timeout) drops the endpoint's cap to SLOW_IN_FLIGHT_PER_ENDPOINT.
 SLOW_ANSWER_MS = 1_000

@@ -36,7 +36,7 @@ class WorkerSettings:
     """How much a worker takes on at once."""
 
     batch_size: int = 100
-    concurrency: int = 64
+    concurrency: int = 512
     lease_seconds: int = 60
     poll_seconds: float = 1.0
     shutdown_grace_seconds: float = 10.0

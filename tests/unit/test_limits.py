@@ -41,7 +41,7 @@ def admit(limits: EndpointLimits, endpoint_id: str, count: int) -> int:
 
 def test_an_endpoint_takes_up_to_the_cap_and_is_then_left_out_of_claims() -> None:
     limits = EndpointLimits()
-    assert admit(limits, "ep_a", 20) == MAX_IN_FLIGHT_PER_ENDPOINT
+    assert admit(limits, "ep_a", MAX_IN_FLIGHT_PER_ENDPOINT + 4) == MAX_IN_FLIGHT_PER_ENDPOINT
     assert limits.full() == ["ep_a"]
     limits.finished("ep_a", QUICK)
     assert limits.full() == []
@@ -53,11 +53,12 @@ def test_a_timeout_drops_the_cap_and_quick_answers_double_it_back() -> None:
     limits.finished("ep_a", TIMED_OUT)
     assert limits.cap("ep_a") == SLOW_IN_FLIGHT_PER_ENDPOINT
     caps = []
-    for _ in range(4):
+    while not caps or caps[-1] < MAX_IN_FLIGHT_PER_ENDPOINT:
         admit(limits, "ep_a", 1)
         limits.finished("ep_a", QUICK)
         caps.append(limits.cap("ep_a"))
-    assert caps == [4, 8, 16, 16]
+    expected = [SLOW_IN_FLIGHT_PER_ENDPOINT * 2**n for n in range(1, len(caps))]
+    assert caps == [*expected, MAX_IN_FLIGHT_PER_ENDPOINT]
 
 
 def test_a_slow_answer_drops_the_cap_too() -> None:
@@ -72,7 +73,7 @@ def test_a_hanging_endpoint_holds_few_slots_and_others_are_not_held_up() -> None
     admit(limits, "ep_hang", 1)
     limits.finished("ep_hang", TIMED_OUT)
     assert admit(limits, "ep_hang", 16) == SLOW_IN_FLIGHT_PER_ENDPOINT
-    assert admit(limits, "ep_ok", 16) == MAX_IN_FLIGHT_PER_ENDPOINT
+    assert admit(limits, "ep_ok", 2 * MAX_IN_FLIGHT_PER_ENDPOINT) == MAX_IN_FLIGHT_PER_ENDPOINT
     assert sorted(limits.full()) == ["ep_hang", "ep_ok"]
     limits.finished("ep_ok", QUICK)
     assert limits.full() == ["ep_hang"]
