@@ -2,7 +2,7 @@
 
 An endpoint may have `MAX_IN_FLIGHT_PER_ENDPOINT` attempts in flight; a timeout or a slow
 answer drops its cap to `SLOW_IN_FLIGHT_PER_ENDPOINT`, and every quick answer doubles it back.
-An endpoint that hangs therefore holds two of the worker's slots, not sixteen, once its first
+An endpoint that hangs therefore holds two of the worker's slots, not sixty-four, once its first
 attempt has timed out, and the healthy endpoints keep the rest (no head-of-line blocking
 between endpoints). Endpoints at their cap are left out of the next claim.
 """
