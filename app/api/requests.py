@@ -110,15 +110,20 @@ def _is_json(mimetype: str) -> bool:
 
 
 def _depth(value: Any) -> int:
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        current, level = stack.pop()
-        deepest = max(deepest, level)
-        if isinstance(current, dict):
-            stack.extend((child, level + 1) for child in current.values())
-        elif isinstance(current, list):
-            stack.extend((child, level + 1) for child in current)
-    return deepest
+    """How deeply `value` nests: a scalar or an empty container is 1, and each level of
+    containers adds 1. Walked a level at a time, carrying only the containers to the next
+    level: scalars (most of a body) are looked at once."""
+    level = 1
+    containers = [value] if isinstance(value, dict | list) else []
+    while containers:
+        children: list[Any] = []
+        for container in containers:
+            children.extend(container.values() if isinstance(container, dict) else container)
+        if not children:
+            break
+        level += 1
+        containers = [child for child in children if isinstance(child, dict | list)]
+    return level
 
 
 def _contains_nul(value: Any) -> bool:
