@@ -5,7 +5,7 @@ account-limited, FHIR criteria, other types). The total grows (1k, 10k, 100k) wi
 that must not cost anything: 10 % in `target` subscribed to other types, the rest in other
 organizations (100 each, the same mix). Each change is timed twice, in-process on SQLite:
 `CANDIDATES.candidates` (cached per process, checked against the organization's
-endpoints version) + `endpoint_accepts`, and `insert_event_with_deliveries` in a
+endpoints version) + `accepting_endpoints`, and `insert_event_with_deliveries` in a
 transaction that is rolled back.
 """
 

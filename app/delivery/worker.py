@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from app.config import Settings
 from app.delivery import attempts, operational
 from app.delivery.attempts import AttemptContext, UnsendableError
 from app.delivery.limits import EndpointLimits
@@ -33,12 +34,12 @@ RECORD_GATHER_SECONDS = 0.005
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    """How much a worker takes on at once."""
+    """How much a worker takes on at once (by default, what `Settings` defaults to)."""
 
-    batch_size: int = 100
-    concurrency: int = 512
-    lease_seconds: int = 60
-    poll_seconds: float = 1.0
+    batch_size: int = Settings.worker_batch_size
+    concurrency: int = Settings.worker_concurrency
+    lease_seconds: int = Settings.lease_seconds
+    poll_seconds: float = Settings.poll_seconds
     shutdown_grace_seconds: float = 10.0
 
 

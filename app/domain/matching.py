@@ -138,13 +138,10 @@ def endpoint_accepts(
         return False
     if endpoint.filter is None:
         return True
-    if filter_verdicts is None:
-        return _filter_matches(endpoint.filter, focus_resource, criteria_cache)
-    verdict = filter_verdicts.get(endpoint.filter)
-    if verdict is None:
-        verdict = _filter_matches(endpoint.filter, focus_resource, criteria_cache)
-        filter_verdicts[endpoint.filter] = verdict
-    return verdict
+    verdicts = {} if filter_verdicts is None else filter_verdicts
+    if endpoint.filter not in verdicts:
+        verdicts[endpoint.filter] = _filter_matches(endpoint.filter, focus_resource, criteria_cache)
+    return verdicts[endpoint.filter]
 
 
 def _filter_matches(text: str, resource: JSONObject | None, cache: CriteriaCache) -> bool:

@@ -18,6 +18,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.domain import matching
 from app.domain.models import Endpoint
+from app.store.db import execute_core
 from app.store.endpoints import ENDPOINT_COLUMNS, to_endpoint
 from app.store.tables import EndpointEventType, EndpointRow, Organization
 
@@ -54,10 +55,9 @@ _VERSION_QUERY = sa.select(col(Organization.endpoints_version)).where(
 
 async def endpoints_version(session: AsyncSession, organization_id: str) -> str | None:
     """The organization's current `endpoints_version` (None when there is no such
-    organization, and so no endpoints). Run on the session's connection, not through the ORM:
-    this is once per event on the ingest path."""
-    connection = await session.connection()
-    result = await connection.execute(_VERSION_QUERY, {"organization_id": organization_id})
+    organization, and so no endpoints). On the Core connection: this is once per event batch
+    on the ingest path."""
+    result = await execute_core(session, _VERSION_QUERY, {"organization_id": organization_id})
     version: str | None = result.scalar_one_or_none()
     return version
 

@@ -37,6 +37,14 @@ def make_session_factory(engine: AsyncEngine) -> SessionFactory:
     return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
 
 
+async def execute_core(session: AsyncSession, statement: Any, params: Any = None) -> Any:
+    """Run a Core statement (an executemany with a list of `params`) on the session's
+    connection, in its transaction, past the ORM's execution layer: on hot paths that layer
+    costs more than the statement itself. The result, as the connection returns it."""
+    connection = await session.connection()
+    return await connection.execute(statement, params)
+
+
 @asynccontextmanager
 async def transaction(sessions: SessionFactory) -> AsyncIterator[AsyncSession]:
     """One unit of work: commit on success, roll back on any error."""

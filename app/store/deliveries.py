@@ -19,6 +19,7 @@ from app.domain import ids
 from app.domain.models import DeliveryStatus, Endpoint, Event
 from app.domain.retry import AttemptOutcome
 from app.store import outbox
+from app.store.db import execute_core
 from app.store.endpoints import ENDPOINT_COLUMNS, to_endpoint
 from app.store.subscriptions import SubscriptionFace, face_of
 from app.store.tables import AttemptRow, DeliveryRow, EndpointRow, EndpointSecret, EventRow
@@ -200,17 +201,7 @@ async def _load_claimed(
 
 
 async def _rows(session: AsyncSession, query: Any) -> Sequence[Any]:
-    """Core rows, run on the session's connection: the ORM's execution layer costs more than
-    these hot-path statements themselves."""
-    connection = await session.connection()
-    return (await connection.execute(query)).all()
-
-
-async def _execute(session: AsyncSession, statement: Any, params: Any = None) -> None:
-    """A Core statement (or an executemany with a list of `params`) on the session's
-    connection."""
-    connection = await session.connection()
-    await connection.execute(statement, params)
+    return (await execute_core(session, query)).all()  # type: ignore[no-any-return]
 
 
 async def _live_secrets(
@@ -240,8 +231,8 @@ async def record_attempts(session: AsyncSession, records: Sequence[AttemptRecord
     """
     if not records:
         return
-    await _execute(session, sa.insert(AttemptRow), [_attempt_row(r) for r in records])
-    await _execute(
+    await execute_core(session, sa.insert(AttemptRow), [_attempt_row(r) for r in records])
+    await execute_core(
         session,
         sa.update(_delivery)
         .where(

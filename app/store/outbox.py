@@ -28,6 +28,7 @@ from app.domain.catalog import Catalog
 from app.domain.models import DeliveryStatus, Endpoint, Event, JSONObject
 from app.fhir.resource_types import is_resource_type
 from app.store.candidates import CANDIDATES
+from app.store.db import execute_core
 from app.store.endpoints import Scope
 from app.store.event_numbers import assign_event_numbers
 from app.store.subscription_filters import keep_fhirpath_matches
@@ -134,7 +135,7 @@ async def insert_events_with_deliveries(
         stored.append([row["id"] for row in new_rows])
         rows += new_rows
     if rows:
-        await _insert_deliveries(session, rows)
+        await execute_core(session, sa.insert(_delivery), rows)
     return stored
 
 
@@ -170,7 +171,7 @@ async def insert_deliveries(
     """
     rows = await _delivery_rows(session, event, endpoint_ids, now, numbered=numbered)
     if rows:
-        await _insert_deliveries(session, rows)
+        await execute_core(session, sa.insert(_delivery), rows)
     return [row["id"] for row in rows]
 
 
@@ -214,15 +215,8 @@ async def _insert_event_rows(
     if not items:
         return set()
     statement = _dialect_insert(session)(_event).on_conflict_do_nothing().returning(_event.c.id)
-    connection = await session.connection()
-    result = await connection.execute(statement, [_event_row(item, now) for item in items])
+    result = await execute_core(session, statement, [_event_row(item, now) for item in items])
     return set(result.scalars().all())
-
-
-async def _insert_deliveries(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
-    """A batch INSERT of delivery rows, on the session's connection (no ORM bulk path)."""
-    connection = await session.connection()
-    await connection.execute(sa.insert(_delivery), rows)
 
 
 def _event_row(item: NewEvent, now: datetime) -> dict[str, Any]:
