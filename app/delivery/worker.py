@@ -1,19 +1,23 @@
 """The delivery worker: claim due deliveries, send them concurrently, record every attempt.
 
 `run_once` handles one batch from claim to record and is what tests drive with a fake clock.
-`run` is the long-running loop: it keeps up to `concurrency` attempts in flight, claims more
-as slots free up (so a slow endpoint never holds up the others), and sleeps until woken by a
-new event, a due retry, or the poll interval.
+`run` is the long-running loop. It keeps up to `concurrency` attempts in flight and claims as
+soon as there is work and room: when woken by a new event, at once again after a full claim,
+after attempts free slots while more is known to be due, and every poll interval (due retries,
+expired leases). A slow endpoint never holds up the others. Finished attempts are recorded by
+a second task, each round taking everything finished since the last, so recording never
+delays a claim and a busy worker writes few, large statements.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from app.config import Settings
 from app.delivery import attempts, operational
@@ -28,8 +32,16 @@ from app.store.deliveries import ClaimedDelivery
 
 log = logging.getLogger("tidings.worker")
 Result = tuple[ClaimedDelivery, AttemptOutcome]
-# After the first attempt of a round finishes, wait this long for others to record together.
-RECORD_GATHER_SECONDS = 0.005
+# When claiming waits for slots, wait this long after the first frees for others to free too.
+SLOT_GATHER_SECONDS = 0.005
+
+
+class _Next(enum.Enum):
+    """What the loop waits for before its next claim."""
+
+    CLAIM = "claim at once: the last claim was full and there is room"
+    SLOTS = "more is due: claim when attempts free slots"
+    WAKE = "nothing more is due: claim when woken or at the poll interval"
 
 
 @dataclass(frozen=True)
@@ -67,6 +79,13 @@ class Worker:
         self._metrics = metrics
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._in_flight: dict[asyncio.Task[Result], ClaimedDelivery] = {}
+        self._slot_freed = asyncio.Event()
+        self._finished: list[Result] = []
+        self._finished_ready = asyncio.Event()
+        self._recording_closed = False
+        # Expired leases (a worker died) are rare: looked for once per poll interval.
+        self._next_lease_sweep = datetime.min.replace(tzinfo=UTC)
 
     def wake(self) -> None:
         """New work may be due: stop sleeping."""
@@ -79,46 +98,83 @@ class Worker:
 
     async def run_once(self) -> int:
         """Claim one batch, send it all, record it all; the number of attempts made."""
-        claimed = await self._claim(self._settings.batch_size)
+        claimed, _ = await self._claim(self._settings.batch_size)
         results = await asyncio.gather(*(self._attempt(item) for item in claimed))
         await self._record(results)
         return len(claimed)
 
     async def run(self) -> None:
-        """Deliver until `stop` is called.
-
-        Claims happen when at least half a batch of slots is free (or nothing is in flight),
-        and finished attempts are recorded together, so the database sees few, large
-        statements however fast the receivers answer.
-        """
-        in_flight: dict[asyncio.Task[Result], ClaimedDelivery] = {}
+        """Deliver until `stop` is called."""
+        recorder = asyncio.ensure_future(self._record_continuously())
         threshold = max(1, min(self._settings.batch_size, self._settings.concurrency) // 2)
         while not self._stopping.is_set():
             try:
-                await self._step(in_flight, threshold)
+                await self._wait(await self._claim_and_start(threshold))
             except Exception as error:  # the worker must outlive a database outage
                 await self._back_off(error)
-        await self._drain(in_flight)
+        await self._drain(recorder)
 
-    async def _step(
-        self, in_flight: dict[asyncio.Task[Result], ClaimedDelivery], threshold: int
-    ) -> None:
-        free = self._settings.concurrency - len(in_flight)
-        claimed: list[ClaimedDelivery] = []
-        if free >= threshold or not in_flight:
-            claimed = await self._claim(min(free, self._settings.batch_size))
-            for item in claimed:
-                in_flight[asyncio.create_task(self._attempt(item))] = item
-        if len(claimed) < threshold:
-            await self._sleep(set(in_flight))
-        done = [task for task in in_flight if task.done()]
-        for task in done:
-            del in_flight[task]
-        await self._record([task.result() for task in done])
+    async def _claim_and_start(self, threshold: int) -> _Next:
+        """Claim (when at least `threshold` slots are free, or nothing is in flight) and
+        start the attempts; what to wait for next."""
+        free = self._settings.concurrency - len(self._in_flight)
+        if free < threshold and self._in_flight:
+            return _Next.SLOTS
+        limit = min(free, self._settings.batch_size)
+        claimed, more_due = await self._claim(limit)
+        for item in claimed:
+            task = asyncio.ensure_future(self._attempt(item))
+            self._in_flight[task] = item
+            task.add_done_callback(self._finished_attempt)
+        if not more_due:
+            return _Next.WAKE
+        room = self._settings.concurrency - len(self._in_flight) >= threshold
+        return _Next.CLAIM if room and len(claimed) == limit else _Next.SLOTS
+
+    def _finished_attempt(self, task: asyncio.Task[Result]) -> None:
+        del self._in_flight[task]
+        if task.cancelled():  # shutdown: `_drain` gives the delivery back
+            return
+        error = task.exception()
+        if error is not None:  # a bug, not an outcome: the lease runs out, and it is sent again
+            log.error("attempt failed unexpectedly", exc_info=error)
+        else:
+            self._finished.append(task.result())
+            self._finished_ready.set()
+        self._slot_freed.set()
+
+    async def _wait(self, next_: _Next) -> None:
+        """Until the next claim is worth making (see `_Next`), or the poll interval passes."""
+        if next_ is _Next.CLAIM:
+            return
+        self._slot_freed.clear()
+        waiting = {asyncio.ensure_future(self._wake.wait())}
+        if next_ is _Next.SLOTS:
+            waiting.add(asyncio.ensure_future(self._slot_freed.wait()))
+        done, _ = await asyncio.wait(
+            waiting, timeout=self._settings.poll_seconds, return_when=asyncio.FIRST_COMPLETED
+        )
+        for waiter in waiting:
+            waiter.cancel()
+        if not self._wake.is_set() and done:
+            await asyncio.sleep(SLOT_GATHER_SECONDS)
+        self._wake.clear()
+
+    async def _record_continuously(self) -> None:
+        """Record finished attempts until `_drain` closes recording and nothing is left."""
+        while not (self._recording_closed and not self._finished):
+            await self._finished_ready.wait()
+            self._finished_ready.clear()
+            results, self._finished = self._finished, []
+            try:
+                await self._record(results)
+            except Exception as error:
+                await self._back_off(error)
 
     async def _back_off(self, error: Exception) -> None:
-        """Log a failed step and wait a poll interval. Attempts whose outcome could not be
-        recorded stay leased; when the lease expires they are sent again (at least once)."""
+        """Log a failed claim or record and wait a poll interval. Attempts whose outcome could
+        not be recorded stay leased; when the lease expires they are sent again (at least
+        once)."""
         if is_unavailable(error):
             log.warning("database unavailable (%s); the worker retries", type(error).__name__)
         else:
@@ -128,51 +184,48 @@ class Worker:
         except TimeoutError:
             pass
 
-    async def _sleep(self, in_flight: set[asyncio.Task[Result]]) -> None:
-        """Until an attempt finishes (and a few more with it), someone wakes us, or the poll
-        interval passes."""
-        waker = asyncio.ensure_future(self._wake.wait())
-        done, _ = await asyncio.wait(
-            {*in_flight, waker},
-            timeout=self._settings.poll_seconds,
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-        if done - {waker}:
-            await asyncio.sleep(RECORD_GATHER_SECONDS)
-        waker.cancel()
-        self._wake.clear()
-
-    async def _drain(self, in_flight: dict[asyncio.Task[Result], ClaimedDelivery]) -> None:
-        """Shutdown: let attempts finish within the grace period, give the rest back."""
-        if in_flight:
-            await asyncio.wait(in_flight, timeout=self._settings.shutdown_grace_seconds)
-        await self._record([task.result() for task in in_flight if task.done()])
-        unfinished = [task for task in in_flight if not task.done()]
+    async def _drain(self, recorder: asyncio.Future[None]) -> None:
+        """Shutdown: let attempts finish within the grace period, record what finished, give
+        the rest back."""
+        if self._in_flight:
+            await asyncio.wait(self._in_flight, timeout=self._settings.shutdown_grace_seconds)
+        unfinished = {task: item for task, item in self._in_flight.items() if not task.done()}
         for task in unfinished:
             task.cancel()
+        await asyncio.sleep(0)  # the finished attempts' callbacks hand their results over
+        self._recording_closed = True
+        self._finished_ready.set()
+        await recorder
         async with transaction(self._sessions) as session:
             await queue.release_deliveries(
-                session, [in_flight[task].id for task in unfinished], now=self._clock()
+                session, [item.id for item in unfinished.values()], now=self._clock()
             )
 
-    async def _claim(self, limit: int) -> list[ClaimedDelivery]:
+    async def _claim(self, limit: int) -> tuple[list[ClaimedDelivery], bool]:
+        """Claim up to `limit` and admit what the endpoints' limits allow (releasing the rest
+        until they allow it); the admitted, and whether more may be due right now."""
         if limit <= 0:
-            return []
+            return [], True
         now = self._clock()
+        at_cap = self._limits.full()
+        sweep = now >= self._next_lease_sweep
         async with transaction(self._sessions) as session:
             claimed = await queue.claim_due_deliveries(
                 session,
                 now=now,
                 limit=limit,
                 lease_seconds=self._settings.lease_seconds,
-                skip_endpoints=self._limits.full(),
+                skip_endpoints=at_cap,
+                expired_leases=sweep,
             )
             admitted, deferred = self._limits.admit(claimed, now)
             for retry_at, items in deferred.items():
                 await queue.release_deliveries(
                     session, [item.id for item in items], now=now, retry_at=retry_at
                 )
-        return admitted
+        if sweep:
+            self._next_lease_sweep = now + timedelta(seconds=self._settings.poll_seconds)
+        return admitted, len(claimed) == limit or bool(at_cap)
 
     async def _attempt(self, claimed: ClaimedDelivery) -> Result:
         try:

@@ -136,7 +136,12 @@ class SecretBox:
     The AES key is HKDF-SHA256 of the setting, so any string works as the setting and
     the derived key is used for nothing else. Tokens read `v1.<base64url(nonce|ciphertext)>`;
     the version leaves room to change the scheme or rotate the key later.
+
+    Decrypted tokens are remembered (at most `DECRYPTED_KEPT`): the worker decrypts the same
+    endpoint secrets for every attempt, and the process holds the key to them anyway.
     """
+
+    DECRYPTED_KEPT = 4096
 
     def __init__(self, key: str) -> None:
         if not key:
@@ -145,6 +150,7 @@ class SecretBox:
             algorithm=hashes.SHA256(), length=32, salt=_HKDF_SALT, info=_HKDF_INFO
         ).derive(key.encode())
         self._aead = AESGCM(derived)
+        self._decrypted: dict[str, str] = {}
 
     def encrypt(self, plaintext: str) -> str:
         """Encrypt `plaintext`; each call uses a fresh nonce, so tokens differ."""
@@ -159,6 +165,15 @@ class SecretBox:
             SecretDecryptionError: when the token is malformed, altered, or was made
                 under another key.
         """
+        found = self._decrypted.get(token)
+        if found is not None:
+            return found
+        if len(self._decrypted) >= self.DECRYPTED_KEPT:
+            self._decrypted.clear()
+        found = self._decrypted[token] = self._open(token)
+        return found
+
+    def _open(self, token: str) -> str:
         version, _, body = token.partition(".")
         if version != _TOKEN_VERSION:
             raise SecretDecryptionError("not an encrypted secret of a known version")

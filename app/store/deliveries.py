@@ -67,48 +67,42 @@ async def claim_due_deliveries(
     limit: int,
     lease_seconds: int,
     skip_endpoints: Sequence[str] = (),
+    expired_leases: bool = True,
 ) -> list[ClaimedDelivery]:
-    """Lease up to `limit` due deliveries (pending and due, or with an expired lease), none
-    for the endpoints in `skip_endpoints` (the worker has as many in flight as they may take).
+    """Lease up to `limit` due deliveries (pending and due, then, with `expired_leases`,
+    those whose lease ran out), none for the endpoints in `skip_endpoints` (the worker has as
+    many in flight as they may take).
 
-    On PostgreSQL, rows locked by another worker are skipped (`FOR UPDATE SKIP LOCKED`),
-    so several workers share the queue without sending anything twice. Ordered endpoints
-    release one delivery at a time, oldest event first.
+    Each kind is one statement that picks the rows in due order (an index walk that stops at
+    `limit`, however long the queue) and leases them, returning them. On PostgreSQL, rows
+    locked by another worker are skipped (`FOR UPDATE SKIP LOCKED`), so several workers share
+    the queue without sending anything twice. Ordered endpoints release one delivery at a
+    time, oldest event first.
     """
-    claimable = await _claimable_ids(session, now, limit, skip_endpoints)
-    if not claimable:
-        return []
-    lease = now + timedelta(seconds=lease_seconds)
-    claim = (
-        sa.update(_delivery)
-        .where(_delivery.c.id.in_(claimable))
-        .values(status=DeliveryStatus.DELIVERING.value, lease_expires_at=lease, updated_at=now)
-        .returning(_delivery.c.id)
-    )
-    claimed = [row[0] for row in await _rows(session, claim)]
-    return await _load_claimed(session, claimed, now)
-
-
-async def _claimable_ids(
-    session: AsyncSession, now: datetime, limit: int, skip_endpoints: Sequence[str]
-) -> list[str]:
-    """Due pending deliveries first, then expired leases: two queries that each walk an index
-    in due order and stop at `limit`, however long the queue is."""
     postgres = session.get_bind().dialect.name == "postgresql"
-    found: list[str] = []
-    for status, due_column in (
-        (DeliveryStatus.PENDING, col(DeliveryRow.next_attempt_at)),
-        (DeliveryStatus.DELIVERING, col(DeliveryRow.lease_expires_at)),
-    ):
-        query = _candidates(status, due_column, now, limit - len(found))
+    lease = now + timedelta(seconds=lease_seconds)
+    kinds = [(DeliveryStatus.PENDING, col(DeliveryRow.next_attempt_at))]
+    if expired_leases:
+        kinds.append((DeliveryStatus.DELIVERING, col(DeliveryRow.lease_expires_at)))
+    claimed: list[Any] = []
+    for status, due_column in kinds:
+        chosen = _candidates(status, due_column, now, limit - len(claimed))
         if skip_endpoints:
-            query = query.where(col(DeliveryRow.endpoint_id).not_in(list(skip_endpoints)))
+            chosen = chosen.where(col(DeliveryRow.endpoint_id).not_in(list(skip_endpoints)))
         if postgres:
-            query = query.with_for_update(skip_locked=True, of=DeliveryRow)
-        found += [row[0] for row in await _rows(session, query)]
-        if len(found) >= limit:
+            chosen = chosen.with_for_update(skip_locked=True, of=DeliveryRow)
+        picked = chosen.cte(f"picked_{status.value}")
+        claim = (
+            sa.update(_delivery)
+            .where(_delivery.c.id.in_(sa.select(picked.c.id)))
+            .values(status=DeliveryStatus.DELIVERING.value, lease_expires_at=lease, updated_at=now)
+            .returning(*_DELIVERY_COLUMNS)
+        )
+        claimed += await _rows(session, claim)
+        if len(claimed) >= limit:
             break
-    return found
+    claimed.sort(key=lambda row: (row.created_at, row.id))
+    return await _load_claimed(session, claimed, now)
 
 
 def _candidates(status: DeliveryStatus, due_column: Any, now: datetime, limit: int) -> Any:
@@ -151,18 +145,12 @@ def _waits_for_earlier(now: datetime) -> Any:
 
 
 async def _load_claimed(
-    session: AsyncSession, delivery_ids: Sequence[str], now: datetime
+    session: AsyncSession, deliveries: Sequence[Any], now: datetime
 ) -> list[ClaimedDelivery]:
-    """What sending needs, read as Core rows (no ORM objects on the hot path), each event and
-    endpoint of the batch once."""
-    if not delivery_ids:
+    """What sending the claimed delivery rows needs, read as Core rows (no ORM objects on the
+    hot path), each event and endpoint of the batch once."""
+    if not deliveries:
         return []
-    deliveries = await _rows(
-        session,
-        sa.select(*_DELIVERY_COLUMNS)
-        .where(col(DeliveryRow.id).in_(delivery_ids))
-        .order_by(col(DeliveryRow.created_at), col(DeliveryRow.id)),
-    )
     events = {
         row.id: outbox.to_event(row)
         for row in await _rows(

@@ -8,9 +8,12 @@ event is committed at once. Durability is unchanged: nobody is answered before t
 
 A round costs about as much as a dozen events (each statement is a few hops to the database
 driver's thread), so under load the committer gathers before it starts one: when the last
-round ended moments ago, it waits (at most `GATHER_SECONDS`) until as many events are queued
-as in the larger of the last two rounds. Without that, a closed loop of clients settles into
-two groups, e.g. rounds of 1 event alternating with rounds of all the others.
+round ended moments ago, it waits until as many events are queued as in the larger of the
+last two rounds. Without that, a closed loop of clients settles into two groups, e.g. rounds
+of 1 event alternating with rounds of all the others. The wait is at most as long as the last
+commit took (and never over `GATHER_SECONDS`): waiting longer would cost the waiting events
+more than a round of their own, and at a steady rate of arrivals (500/s, commits of 5 ms) a
+fixed wait turned every round into a full one, adding its whole length to every answer.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from app.store.db import SessionFactory, transaction
 MAX_ROUND = 500
 GATHER_AFTER_SECONDS = 0.010  # a round that starts this soon after the last one gathers first
 GATHER_SECONDS = 0.020
+GATHER_PER_COMMIT = 1.0  # the most a round waits, as a share of how long the last commit took
 
 
 @dataclass
@@ -56,6 +60,7 @@ class EventCommitter:
         self._running: asyncio.Task[None] | None = None
         self._recent_sizes = (0, 0)  # of the last two rounds
         self._last_ended = float("-inf")  # loop time
+        self._last_commit_seconds = 0.0
         self._enough: asyncio.Future[None] | None = None
 
     async def store(self, item: outbox.NewEvent) -> str | None:
@@ -76,6 +81,7 @@ class EventCommitter:
             if loop.time() - self._last_ended < GATHER_AFTER_SECONDS:
                 await self._gather(loop)
             round_, self._queue = self._queue[:MAX_ROUND], self._queue[MAX_ROUND:]
+            started = loop.time()
             try:
                 await self._commit(round_)
             except Exception:  # one bad event must not fail the others: go one by one
@@ -83,14 +89,18 @@ class EventCommitter:
                     await self._commit_alone(waiting)
             self._recent_sizes = (self._recent_sizes[1], len(round_))
             self._last_ended = loop.time()
+            self._last_commit_seconds = self._last_ended - started
 
     async def _gather(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Wait until as many events are queued as in the recent rounds, or `GATHER_SECONDS`."""
+        """Wait until as many events are queued as in the recent rounds, or as long as the
+        last commit took (at most `GATHER_SECONDS`)."""
         if len(self._queue) >= max(self._recent_sizes):
             return
         self._enough = loop.create_future()
         try:
-            async with asyncio.timeout(GATHER_SECONDS):
+            async with asyncio.timeout(
+                min(GATHER_SECONDS, self._last_commit_seconds * GATHER_PER_COMMIT)
+            ):
                 await self._enough
         except TimeoutError:
             pass

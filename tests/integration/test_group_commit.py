@@ -60,6 +60,7 @@ async def test_events_arriving_soon_after_a_round_gather_into_one(
 ) -> None:
     monkeypatch.setattr(group_commit, "GATHER_AFTER_SECONDS", 60.0)
     monkeypatch.setattr(group_commit, "GATHER_SECONDS", 60.0)  # only a full round ends the wait
+    monkeypatch.setattr(group_commit, "GATHER_PER_COMMIT", 1e6)
     assert await store_many(api, 4) == [None] * 4
     first = asyncio.ensure_future(store_many(api, 1))
     await asyncio.sleep(0.01)
@@ -75,6 +76,7 @@ async def test_a_gathering_round_is_held_at_most_the_gathering_time(
 ) -> None:
     monkeypatch.setattr(group_commit, "GATHER_AFTER_SECONDS", 60.0)
     monkeypatch.setattr(group_commit, "GATHER_SECONDS", 0.01)
+    monkeypatch.setattr(group_commit, "GATHER_PER_COMMIT", 1e6)
     await store_many(api, 4)
     assert await asyncio.wait_for(store_many(api, 1), timeout=5) == [None]
     assert round_sizes == [4, 1]
@@ -88,3 +90,27 @@ async def test_an_event_after_a_quiet_moment_is_committed_at_once(
     await store_many(api, 4)
     assert await asyncio.wait_for(store_many(api, 1), timeout=5) == [None]
     assert round_sizes == [4, 1]
+
+
+async def test_a_gathering_round_waits_no_longer_than_the_last_commit_took(
+    api: Api, round_sizes: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(group_commit, "GATHER_AFTER_SECONDS", 60.0)
+    monkeypatch.setattr(group_commit, "GATHER_SECONDS", 60.0)
+    committer = services_of(api).event_committer
+    commit = committer._commit
+    slow_commits = 0.2
+
+    async def slow(round_: Any) -> None:
+        await asyncio.sleep(slow_commits)
+        await commit(round_)
+
+    monkeypatch.setattr(committer, "_commit", slow)
+    await store_many(api, 4)  # the last commit took a little over slow_commits
+    slow_commits = 0.0
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await asyncio.wait_for(store_many(api, 1), timeout=5) == [None]
+    held = loop.time() - started
+    assert round_sizes == [4, 1]
+    assert 0.2 <= held < 2.0  # it waited for company, but only as long as a commit takes

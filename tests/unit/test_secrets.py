@@ -121,6 +121,31 @@ def test_secret_box_refuses_altered_tokens(alter: Callable[[str], str], message:
         box.decrypt(alter(box.encrypt("whsec_abc")))
 
 
+@pytest.mark.parametrize("alter", [flip_last_byte, lambda token: token[:20]])
+def test_secret_box_refuses_an_altered_token_after_decrypting_the_genuine_one(
+    alter: Callable[[str], str],
+) -> None:
+    box = secrets.SecretBox(KEY)
+    token = box.encrypt("whsec_abc")
+    assert box.decrypt(token) == "whsec_abc"
+    assert box.decrypt(token) == "whsec_abc"  # remembered
+    with pytest.raises(secrets.SecretDecryptionError):
+        box.decrypt(alter(token))
+
+
+def test_secret_box_remembers_a_bounded_number_of_decrypted_tokens(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(secrets.SecretBox, "DECRYPTED_KEPT", 3)
+    box = secrets.SecretBox(KEY)
+    tokens = {box.encrypt(f"whsec_{n}"): f"whsec_{n}" for n in range(10)}
+    for token, plaintext in tokens.items():
+        assert box.decrypt(token) == plaintext
+        assert len(box._decrypted) <= 3
+    for token, plaintext in tokens.items():  # forgotten ones are decrypted again
+        assert box.decrypt(token) == plaintext
+
+
 def test_secret_box_refuses_a_token_made_under_another_key() -> None:
     token = secrets.SecretBox("another-key").encrypt("whsec_abc")
     with pytest.raises(secrets.SecretDecryptionError):
