@@ -35,9 +35,10 @@ def new_id(prefix: str) -> str:
     """A new id like `ep_2Vx...`: time first, so ids made by one process sort in creation order
     (byte order), then 11 random characters."""
     millis, counter = _sequence.next()
-    # 64 random bits (one read of the system's random source) as 11 base-62 characters.
-    tail = _encode(int.from_bytes(secrets.token_bytes(8)), 11)
-    return f"{prefix}_{_encode(millis, 8)}{_encode(counter, 3)}{tail}"
+    # 8 characters of time, 3 of counter, then 64 random bits (one read of the system's
+    # random source) as 11 base-62 characters: one number of 22 base-62 digits.
+    number = ((millis * _BASE**3 + counter) * _BASE**11) + int.from_bytes(secrets.token_bytes(8))
+    return f"{prefix}_{_encode(number, 22)}"
 
 
 def looks_like_id(value: str, prefix: str) -> bool:
@@ -45,9 +46,14 @@ def looks_like_id(value: str, prefix: str) -> bool:
     return value.startswith(prefix + "_") and bool(_ID_PATTERN.match(value))
 
 
+_BASE = len(_ALPHABET)
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]  # every two-digit base-62 number
+
+
 def _encode(number: int, width: int) -> str:
-    digits = []
-    for _ in range(width):
-        number, remainder = divmod(number, len(_ALPHABET))
-        digits.append(_ALPHABET[remainder])
-    return "".join(reversed(digits))
+    """`number` as `width` base-62 digits (even `width`), two digits per step."""
+    pairs = []
+    for _ in range(width // 2):
+        number, remainder = divmod(number, len(_PAIRS))
+        pairs.append(_PAIRS[remainder])
+    return "".join(reversed(pairs))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +23,26 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
         if value.tzinfo is None:
             raise ValueError("naive datetimes are not stored; pass an aware UTC datetime")
         return value.astimezone(UTC).replace(tzinfo=None)
+
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
+        """The driver's bind conversion, remembering its last answer: batches bind the same
+        moment (`now`) for many rows and columns, and formatting it is the costly part on
+        SQLite."""
+        convert = super().bind_processor(dialect)
+        if convert is None:
+            return None
+        last: tuple[Any, Any] = (None, None)
+
+        def process(value: Any) -> Any:
+            nonlocal last
+            seen, converted = last
+            if value is seen and value is not None:
+                return converted
+            converted = convert(value)
+            last = (value, converted)
+            return converted
+
+        return process
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         """Read back as an aware UTC datetime."""
