@@ -11,13 +11,22 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.store.sqlite_driver import ONE_TRIP_AIOSQLITE
+
 SessionFactory = async_sessionmaker[AsyncSession]
 
 
 def make_engine(url: str) -> AsyncEngine:
-    """Open an engine; SQLite gets WAL, a busy timeout and enforced foreign keys."""
+    """Open an engine; SQLite gets WAL, a busy timeout, enforced foreign keys, and one trip to
+    the driver's thread per statement (`sqlite_driver`)."""
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 30}, pool_size=1, max_overflow=0)
+        engine = create_async_engine(
+            url,
+            module=ONE_TRIP_AIOSQLITE,
+            connect_args={"timeout": 30},
+            pool_size=1,
+            max_overflow=0,
+        )
         event.listen(engine.sync_engine, "connect", _configure_sqlite)
         return engine
     return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
