@@ -91,10 +91,11 @@ async def claim_due_deliveries(
             chosen = chosen.where(col(DeliveryRow.endpoint_id).not_in(list(skip_endpoints)))
         if postgres:
             chosen = chosen.with_for_update(skip_locked=True, of=DeliveryRow)
-        picked = chosen.cte(f"picked_{status.value}")
+        # A subquery, not a CTE: SQLite's Python driver opens its implicit transaction only
+        # for statements that start with INSERT, UPDATE, DELETE or REPLACE.
         claim = (
             sa.update(_delivery)
-            .where(_delivery.c.id.in_(sa.select(picked.c.id)))
+            .where(_delivery.c.id.in_(chosen.scalar_subquery()))
             .values(status=DeliveryStatus.DELIVERING.value, lease_expires_at=lease, updated_at=now)
             .returning(*_DELIVERY_COLUMNS)
         )

@@ -224,6 +224,21 @@ async def test_a_claim_skips_the_endpoints_it_is_told_to(delivering: Delivering)
     assert waiting["status"] == "pending"
 
 
+async def test_a_claim_is_undone_with_its_transaction(delivering: Delivering) -> None:
+    endpoint = await delivering.endpoint("/undone")
+    await delivering.publish()
+    sessions = delivering.api.app.extensions["tidings"].sessions
+    async with sessions() as session, session.begin():
+        claimed = await queue.claim_due_deliveries(
+            session, now=delivering.api.clock(), limit=10, lease_seconds=60
+        )
+        assert len(claimed) == 1
+        await session.rollback()
+    [delivery] = await delivering.deliveries(endpoint["id"])
+    assert delivery["status"] == "pending"
+    assert await delivering.worker.run_once() == 1
+
+
 async def test_ordered_endpoints_deliver_one_at_a_time_in_order(delivering: Delivering) -> None:
     endpoint = await delivering.endpoint("/fifo", 500, 200, ordered=True)
     first = await delivering.publish(idempotency_key="one")
