@@ -25,12 +25,11 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
 
 import aiohttp
-from multidict import CIMultiDictProxy
 from yarl import URL
 
 import app
@@ -114,12 +113,11 @@ class Sender:
         """Make one attempt and report its outcome; transport errors become outcomes."""
         started = time.perf_counter()
         try:
-            outcome = await self._exchange(request)
+            return await self._exchange(request, started)
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-            outcome = AttemptOutcome(error=attempt_error(exc))
-        return replace(outcome, duration_ms=round((time.perf_counter() - started) * 1000))
+            return AttemptOutcome(error=attempt_error(exc), duration_ms=_millis_since(started))
 
-    async def _exchange(self, request: OutboundRequest) -> AttemptOutcome:
+    async def _exchange(self, request: OutboundRequest, started: float) -> AttemptOutcome:
         url, headers = _split_credentials(request)
         self._check_literal_host(url.raw_host or "")
         timeout = aiohttp.ClientTimeout(total=request.timeout or self._timeout)
@@ -131,21 +129,19 @@ class Sender:
             allow_redirects=False,
         ) as response:
             excerpt = await _read_excerpt(response)
-            return self._outcome(response.status, response.headers, excerpt)
-
-    def _outcome(self, status: int, headers: CIMultiDictProxy[str], excerpt: str) -> AttemptOutcome:
-        retry_after = headers.get("Retry-After")
-        return AttemptOutcome(
-            status=status,
-            response_excerpt=excerpt,
-            retry_after=None
-            if retry_after is None
-            else retry.parse_retry_after(retry_after, self._clock()),
-            abort=any(
-                value.strip().lower() == "abort-message"
-                for value in headers.getall("webhook-delivery", [])
-            ),
-        )
+            retry_after = response.headers.get("Retry-After")
+            return AttemptOutcome(
+                status=response.status,
+                duration_ms=_millis_since(started),
+                response_excerpt=excerpt,
+                retry_after=None
+                if retry_after is None
+                else retry.parse_retry_after(retry_after, self._clock()),
+                abort=any(
+                    value.strip().lower() == "abort-message"
+                    for value in response.headers.getall("webhook-delivery", [])
+                ),
+            )
 
     def _check_literal_host(self, host: str) -> None:
         """`transport.check_literal_host`, remembering the hosts that passed (the networks
@@ -242,6 +238,10 @@ def excerpt_text(raw: bytes) -> str:
     if len(encoded) <= EXCERPT_BYTES:
         return text
     return encoded[:EXCERPT_BYTES].decode("utf-8", errors="ignore")
+
+
+def _millis_since(started: float) -> int:
+    return round((time.perf_counter() - started) * 1000)
 
 
 def _utcnow() -> datetime:

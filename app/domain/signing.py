@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 from collections.abc import Iterable, Sequence
 
 from app.domain import secrets as secrets_module
@@ -27,6 +28,7 @@ from app.domain.models import SignatureScheme
 
 DEFAULT_TIMESTAMPED_HEADER = "Tidings-Signature"
 MEDPLUM_HEADER = "X-Signature"
+_AMBIGUOUS_IN_ID = re.compile(r"[.\s]")  # a '.' or whitespace: see `signed_content`
 
 
 def sign(
@@ -99,7 +101,7 @@ def signed_content(message_id: str, timestamp: int, body: bytes) -> bytes:
         ValueError: when the message id contains a `.` or whitespace, which would make
             the content ambiguous or break the header.
     """
-    if not message_id or any(c == "." or c.isspace() for c in message_id):
+    if not message_id or _AMBIGUOUS_IN_ID.search(message_id):
         raise ValueError(f"message id {message_id!r} must be non-empty, without '.' or spaces")
     return f"{message_id}.{timestamp}.".encode() + body
 

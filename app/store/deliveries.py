@@ -6,6 +6,7 @@ worker that dies leaves leases that expire, and the next claim takes those rows 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,7 +27,19 @@ from app.store.tables import AttemptRow, DeliveryRow, EndpointRow, EndpointSecre
 from app.store.types import UTCDateTime
 
 _delivery: sa.Table = DeliveryRow.__table__  # type: ignore[attr-defined]
-_DELIVERY_COLUMNS = tuple(_delivery.columns)
+# What a claim reads back of each delivery it leased.
+_CLAIMED_COLUMNS = tuple(
+    _delivery.c[name]
+    for name in (
+        "id",
+        "event_id",
+        "endpoint_id",
+        "attempt_count",
+        "event_number",
+        "next_trigger",
+        "created_at",
+    )
+)
 _EVENT_COLUMNS = tuple(EventRow.__table__.columns)  # type: ignore[attr-defined]
 
 
@@ -81,43 +94,63 @@ async def claim_due_deliveries(
     """
     postgres = session.get_bind().dialect.name == "postgresql"
     lease = now + timedelta(seconds=lease_seconds)
-    kinds = [(DeliveryStatus.PENDING, col(DeliveryRow.next_attempt_at))]
+    kinds = [DeliveryStatus.PENDING]
     if expired_leases:
-        kinds.append((DeliveryStatus.DELIVERING, col(DeliveryRow.lease_expires_at)))
+        kinds.append(DeliveryStatus.DELIVERING)
     claimed: list[Any] = []
-    for status, due_column in kinds:
-        chosen = _candidates(status, due_column, now, limit - len(claimed))
+    for status in kinds:
+        claim = _claim_statement(status, postgres=postgres, skipping=bool(skip_endpoints))
+        parameters = {"now": now, "lease": lease, "limit": limit - len(claimed)}
         if skip_endpoints:
-            chosen = chosen.where(col(DeliveryRow.endpoint_id).not_in(list(skip_endpoints)))
-        if postgres:
-            chosen = chosen.with_for_update(skip_locked=True, of=DeliveryRow)
-        # A subquery, not a CTE: SQLite's Python driver opens its implicit transaction only
-        # for statements that start with INSERT, UPDATE, DELETE or REPLACE.
-        claim = (
-            sa.update(_delivery)
-            .where(_delivery.c.id.in_(chosen.scalar_subquery()))
-            .values(status=DeliveryStatus.DELIVERING.value, lease_expires_at=lease, updated_at=now)
-            .returning(*_DELIVERY_COLUMNS)
-        )
-        claimed += await _rows(session, claim)
+            parameters["skip"] = list(skip_endpoints)
+        claimed += await _rows(session, claim, parameters)
         if len(claimed) >= limit:
             break
     claimed.sort(key=lambda row: (row.created_at, row.id))
-    return await _load_claimed(session, claimed, now)
+    return await _load_claimed(session, claimed, lease, now)
 
 
-def _candidates(status: DeliveryStatus, due_column: Any, now: datetime, limit: int) -> Any:
-    return (
+@functools.cache
+def _claim_statement(status: DeliveryStatus, *, postgres: bool, skipping: bool) -> Any:
+    """The UPDATE that leases up to `:limit` due deliveries in `status` (pending and due at
+    `:now`, or delivering with a lease expired by then) until `:lease`, none for the endpoints
+    in `:skip`, and returns them. Built once per variant: building it cost more than running
+    it."""
+    due_column = col(
+        DeliveryRow.next_attempt_at
+        if status is DeliveryStatus.PENDING
+        else DeliveryRow.lease_expires_at
+    )
+    now = sa.bindparam("now", type_=UTCDateTime())
+    chosen = (
         sa.select(col(DeliveryRow.id))
         .join(EndpointRow, col(EndpointRow.id) == col(DeliveryRow.endpoint_id))
         .where(col(DeliveryRow.status) == status.value, due_column <= now)
-        .where(col(EndpointRow.active).is_(True), sa.not_(_waits_for_earlier(now)))
+        .where(col(EndpointRow.active).is_(True), sa.not_(_waits_for_earlier()))
         .order_by(due_column)
-        .limit(limit)
+        .limit(sa.bindparam("limit", type_=sa.Integer()))
+    )
+    if skipping:
+        chosen = chosen.where(
+            col(DeliveryRow.endpoint_id).not_in(sa.bindparam("skip", expanding=True))
+        )
+    if postgres:
+        chosen = chosen.with_for_update(skip_locked=True, of=DeliveryRow)
+    # A subquery, not a CTE: SQLite's Python driver opens its implicit transaction only for
+    # statements that start with INSERT, UPDATE, DELETE or REPLACE.
+    return (
+        sa.update(_delivery)
+        .where(_delivery.c.id.in_(chosen.scalar_subquery()))
+        .values(
+            status=DeliveryStatus.DELIVERING.value,
+            lease_expires_at=sa.bindparam("lease", type_=UTCDateTime()),
+            updated_at=now,
+        )
+        .returning(*_CLAIMED_COLUMNS)
     )
 
 
-def _waits_for_earlier(now: datetime) -> Any:
+def _waits_for_earlier() -> Any:
     """For ordered endpoints: a delivery of an earlier event (by occurrence, then id) to the
     same endpoint is still unfinished."""
     earlier = _delivery.alias("earlier")
@@ -146,10 +179,10 @@ def _waits_for_earlier(now: datetime) -> Any:
 
 
 async def _load_claimed(
-    session: AsyncSession, deliveries: Sequence[Any], now: datetime
+    session: AsyncSession, deliveries: Sequence[Any], lease: datetime, now: datetime
 ) -> list[ClaimedDelivery]:
-    """What sending the claimed delivery rows needs, read as Core rows (no ORM objects on the
-    hot path), each event and endpoint of the batch once."""
+    """What sending the claimed delivery rows (leased until `lease`) needs, read as Core rows
+    (no ORM objects on the hot path), each event and endpoint of the batch once."""
     if not deliveries:
         return []
     events = {
@@ -171,6 +204,7 @@ async def _load_claimed(
         )
     }
     endpoints = {key: to_endpoint(row) for key, row in endpoint_rows.items()}
+    faces = {key: face_of(row) for key, row in endpoint_rows.items()}
     secrets = await _live_secrets(session, set(endpoint_rows), now)
     return [
         ClaimedDelivery(
@@ -181,16 +215,16 @@ async def _load_claimed(
             credentials=endpoint_rows[delivery.endpoint_id].url_credentials,
             secrets=tuple(secrets.get(delivery.endpoint_id, ())),
             event_number=delivery.event_number,
-            subscription=face_of(endpoint_rows[delivery.endpoint_id]),
+            subscription=faces[delivery.endpoint_id],
             trigger=delivery.next_trigger,
-            lease_expires_at=delivery.lease_expires_at,
+            lease_expires_at=lease,
         )
         for delivery in deliveries
     ]
 
 
-async def _rows(session: AsyncSession, query: Any) -> Sequence[Any]:
-    return (await execute_core(session, query)).all()  # type: ignore[no-any-return]
+async def _rows(session: AsyncSession, query: Any, parameters: Any = None) -> Sequence[Any]:
+    return (await execute_core(session, query, parameters)).all()  # type: ignore[no-any-return]
 
 
 async def _live_secrets(
