@@ -86,6 +86,8 @@ class Worker:
         self._recording_closed = False
         # Expired leases (a worker died) are rare: looked for once per poll interval.
         self._next_lease_sweep = datetime.min.replace(tzinfo=UTC)
+        # The earliest time deliveries the endpoints' limits sent back are due again.
+        self._deferred_until: datetime | None = None
 
     def wake(self) -> None:
         """New work may be due: stop sleeping."""
@@ -117,6 +119,7 @@ class Worker:
     async def _claim_and_start(self, threshold: int) -> _Next:
         """Claim (when at least `threshold` slots are free, or nothing is in flight) and
         start the attempts; what to wait for next."""
+        self._slot_freed.clear()  # from here on, a finished attempt counts for the next wait
         free = self._settings.concurrency - len(self._in_flight)
         if free < threshold and self._in_flight:
             return _Next.SLOTS
@@ -147,18 +150,24 @@ class Worker:
         """Until the next claim is worth making (see `_Next`), or the poll interval passes."""
         if next_ is _Next.CLAIM:
             return
-        self._slot_freed.clear()
         waiting = {asyncio.ensure_future(self._wake.wait())}
         if next_ is _Next.SLOTS:
             waiting.add(asyncio.ensure_future(self._slot_freed.wait()))
         done, _ = await asyncio.wait(
-            waiting, timeout=self._settings.poll_seconds, return_when=asyncio.FIRST_COMPLETED
+            waiting, timeout=self._wait_at_most(), return_when=asyncio.FIRST_COMPLETED
         )
         for waiter in waiting:
             waiter.cancel()
         if not self._wake.is_set() and done:
             await asyncio.sleep(SLOT_GATHER_SECONDS)
         self._wake.clear()
+
+    def _wait_at_most(self) -> float:
+        """The poll interval, or less when deliveries sent back by a limit are due sooner."""
+        if self._deferred_until is None:
+            return self._settings.poll_seconds
+        due_in = (self._deferred_until - self._clock()).total_seconds()
+        return min(self._settings.poll_seconds, max(0.0, due_in))
 
     async def _record_continuously(self) -> None:
         """Record finished attempts until `_drain` closes recording and nothing is left."""
@@ -223,6 +232,11 @@ class Worker:
                 await queue.release_deliveries(
                     session, [item.id for item in items], now=now, retry_at=retry_at
                 )
+        if self._deferred_until is not None and self._deferred_until <= now:
+            self._deferred_until = None  # this claim saw them due
+        for retry_at in deferred:
+            if self._deferred_until is None or retry_at < self._deferred_until:
+                self._deferred_until = retry_at
         if sweep:
             self._next_lease_sweep = now + timedelta(seconds=self._settings.poll_seconds)
         return admitted, len(claimed) == limit or bool(at_cap)

@@ -15,6 +15,7 @@ import standardwebhooks
 import svix.webhooks
 
 from app.delivery import maintenance
+from app.delivery.limits import EndpointLimits
 from app.domain.models import DeliveryStatus
 from app.domain.retry import AttemptOutcome
 from app.store import deliveries as queue
@@ -224,6 +225,22 @@ async def test_a_claim_skips_the_endpoints_it_is_told_to(delivering: Delivering)
     assert waiting["status"] == "pending"
 
 
+async def test_a_claim_takes_at_most_its_limit_oldest_first(delivering: Delivering) -> None:
+    endpoint = await delivering.endpoint("/limited")
+    published = []
+    for index in range(5):
+        published.append(await delivering.publish(idempotency_key=f"lim{index}"))
+        delivering.api.clock.advance(1)
+    sessions = delivering.api.app.extensions["tidings"].sessions
+    async with transaction(sessions) as session:
+        claimed = await queue.claim_due_deliveries(
+            session, now=delivering.api.clock(), limit=2, lease_seconds=60
+        )
+    assert [item.event.id for item in claimed] == published[:2]
+    statuses = sorted(d["status"] for d in await delivering.deliveries(endpoint["id"]))
+    assert statuses == ["delivering"] * 2 + ["pending"] * 3
+
+
 async def test_a_claim_is_undone_with_its_transaction(delivering: Delivering) -> None:
     endpoint = await delivering.endpoint("/undone")
     await delivering.publish()
@@ -304,6 +321,26 @@ async def test_shutdown_gives_unfinished_attempts_back(delivering: Delivering) -
     await asyncio.wait_for(running, 5)
     [delivery] = await delivering.deliveries(endpoint["id"])
     assert delivery["status"] == "pending" and delivery["attempt_count"] == 0
+
+
+async def test_deliveries_held_back_by_an_endpoint_cap_go_when_due_not_at_the_poll(
+    delivering: Delivering,
+) -> None:
+    endpoint = await delivering.endpoint("/capped")
+    for index in range(10):
+        await delivering.publish(idempotency_key=f"cap{index}")
+    delivering.worker._limits = EndpointLimits(max_in_flight=4)
+    delivering.worker._settings = type(delivering.worker._settings)(poll_seconds=60)
+    running = asyncio.create_task(delivering.worker.run())
+    try:
+        async with asyncio.timeout(10):  # far less than the poll interval
+            while len(delivering.receiver.at("/capped")) < 10:
+                await asyncio.sleep(0.1)
+                delivering.api.clock.advance(1)  # those sent back are due by now
+    finally:
+        delivering.worker.stop()
+        await asyncio.wait_for(running, 5)
+    assert {d["status"] for d in await delivering.deliveries(endpoint["id"])} == {"succeeded"}
 
 
 async def test_ordered_endpoints_keep_the_order_of_one_push(delivering: Delivering) -> None:
