@@ -31,6 +31,7 @@ FANOUT_ENDPOINTS = 1_000
 BUNDLE_CHANGES = 500
 CLIENT_CONCURRENCY = 32
 MAX_IN_FLIGHT = 200
+WARM_UP_SECONDS = 1.0
 
 
 def flow_event(number: int) -> dict[str, Any]:
@@ -115,7 +116,6 @@ async def _split_latency(bench: Bench) -> list[Measurement]:
 
 async def _latency(bench: Bench, base: str, key: str, setup: str) -> list[Measurement]:
     rate, seconds = bench.sizes.e2e_rate, bench.sizes.e2e_seconds
-    await bench.receiver.reset()
     sent: dict[str, float] = {}
     accept_ms: list[float] = []
     connector = aiohttp.TCPConnector(limit=256)
@@ -129,6 +129,11 @@ async def _latency(bench: Bench, base: str, key: str, setup: str) -> list[Measur
             if response.status == 202:
                 sent[body["id"]] = started
 
+        await bench.receiver.reset()
+        warm = await _warm_up(session, base, rate)
+        if not await bench.receiver.wait_for(warm, timeout=30):
+            raise RuntimeError(f"{setup}: the warm-up events did not all arrive within 30 s")
+        await bench.receiver.reset()
         tasks: set[asyncio.Task[None]] = set()
         shed = 0
         origin = time.perf_counter()
@@ -149,8 +154,9 @@ async def _latency(bench: Bench, base: str, key: str, setup: str) -> list[Measur
     latencies = [(arrivals[i] - t) * 1000 for i, t in sent.items() if i in arrivals]
     missing = len(sent) - len(latencies)
     note = (
-        f"sent {offered:.0f}/s of {rate}/s ({shed:,} shed at {MAX_IN_FLIGHT} in flight), "
-        f"{len(sent):,} accepted, {missing} not arrived"
+        f"after {WARM_UP_SECONDS:g} s of warm-up: sent {offered:.0f}/s of {rate}/s "
+        f"({shed:,} shed at {MAX_IN_FLIGHT} in flight), {len(sent):,} accepted, "
+        f"{missing} not arrived"
     )
     rows = [
         Measurement(
@@ -172,6 +178,27 @@ async def _latency(bench: Bench, base: str, key: str, setup: str) -> list[Measur
         )
     )
     return rows
+
+
+async def _warm_up(session: aiohttp.ClientSession, base: str, rate: int) -> int:
+    """`WARM_UP_SECONDS` of the same open loop, not measured (as the ingest loops warm up):
+    the first events pay for connections and first-use compilation in every process. The
+    number of events sent."""
+    tasks = []
+    origin = time.perf_counter()
+    for number in range(int(rate * WARM_UP_SECONDS)):
+        delay = origin + number / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(_post(session, base, flow_event(-1 - number))))
+    await asyncio.gather(*tasks)
+    return len(tasks)
+
+
+async def _post(session: aiohttp.ClientSession, base: str, body: dict[str, Any]) -> None:
+    async with session.post(base + "/v1/events", json=body) as response:
+        if response.status != 202:
+            raise RuntimeError(f"warm-up event refused: {response.status} {await response.text()}")
 
 
 async def _fanout(bench: Bench, base: str, key: str) -> Measurement:
