@@ -52,7 +52,7 @@ def parse_json(raw: bytes) -> Any:
     except UnicodeDecodeError:
         raise ApiError(400, "Malformed JSON", "the body is not UTF-8") from None
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as error:
         raise ApiError(
             400, "Malformed JSON", f"{error.msg} at line {error.lineno} column {error.colno}"
@@ -64,6 +64,12 @@ def parse_json(raw: bytes) -> Any:
     if "\\u0000" in text and _contains_nul(value):  # PostgreSQL text cannot hold NUL
         raise ApiError(400, "Malformed JSON", "NUL characters (\\u0000) are not accepted")
     return value
+
+
+def _refuse_constant(name: str) -> Any:
+    """Python's parser reads `NaN` and `Infinity`, which JSON does not have: PostgreSQL would
+    refuse to store them, and a partner's parser to read them."""
+    raise ApiError(400, "Malformed JSON", f"{name} is not a JSON value")
 
 
 async def body_as(model: type[ModelT], *, allow_empty: bool = False) -> ModelT:

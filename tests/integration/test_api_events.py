@@ -97,6 +97,20 @@ async def test_concurrent_publishes_with_one_key_store_one_event(api: Api) -> No
     assert await stored_event_types(api) == {"patient_flow.completed": 1}
 
 
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+async def test_numbers_json_does_not_have_are_refused(api: Api, constant: str) -> None:
+    source = await api.key("acme", "source")
+    data = json.dumps(FLOW)[:-1] + f', "score": {constant}}}'
+    body = f'{{"type": "patient_flow.completed", "data": {data}}}'
+    response = await api.call(
+        "POST", "/v1/events", source, data=body, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400, await response.get_data(as_text=True)
+    problem = await response.get_json()
+    assert constant.lstrip("-") in problem["detail"]
+    assert await stored_event_types(api) == {}
+
+
 @pytest.mark.parametrize(
     ("data", "pointers"),
     [
