@@ -11,6 +11,7 @@ from quart import request
 from werkzeug.exceptions import RequestTimeout
 
 from app.api.problems import ApiError
+from app.domain import json_text
 from app.domain.errors import Problem, ValidationFailed
 
 MAX_JSON_DEPTH = 64
@@ -52,24 +53,18 @@ def parse_json(raw: bytes) -> Any:
     except UnicodeDecodeError:
         raise ApiError(400, "Malformed JSON", "the body is not UTF-8") from None
     try:
-        value = json.loads(text, parse_constant=_refuse_constant)
+        value = json_text.parse(text)
     except json.JSONDecodeError as error:
         raise ApiError(
             400, "Malformed JSON", f"{error.msg} at line {error.lineno} column {error.colno}"
         ) from None
+    except json_text.UnacceptableJSONError as error:
+        raise ApiError(400, "Malformed JSON", str(error)) from None
     except RecursionError:
         raise ApiError(400, "Malformed JSON", "the JSON is nested too deeply") from None
     if _depth(value) > MAX_JSON_DEPTH:
         raise ApiError(400, "Malformed JSON", f"the JSON is nested deeper than {MAX_JSON_DEPTH}")
-    if "\\u0000" in text and _contains_nul(value):  # PostgreSQL text cannot hold NUL
-        raise ApiError(400, "Malformed JSON", "NUL characters (\\u0000) are not accepted")
     return value
-
-
-def _refuse_constant(name: str) -> Any:
-    """Python's parser reads `NaN` and `Infinity`, which JSON does not have: PostgreSQL would
-    refuse to store them, and a partner's parser to read them."""
-    raise ApiError(400, "Malformed JSON", f"{name} is not a JSON value")
 
 
 async def body_as(model: type[ModelT], *, allow_empty: bool = False) -> ModelT:
@@ -130,18 +125,3 @@ def _depth(value: Any) -> int:
         level += 1
         containers = [child for child in children if isinstance(child, dict | list)]
     return level
-
-
-def _contains_nul(value: Any) -> bool:
-    stack = [value]
-    while stack:
-        current = stack.pop()
-        if isinstance(current, str):
-            if "\x00" in current:
-                return True
-        elif isinstance(current, dict):
-            stack.extend(current.keys())
-            stack.extend(current.values())
-        elif isinstance(current, list):
-            stack.extend(current)
-    return False

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from app.domain import json_text
 from app.domain.errors import ValidationFailed
 from app.domain.models import JSONObject
 from app.ingest.fhir_push import PushedChange, bundle_changes, parse_instant
@@ -134,8 +135,10 @@ def _json_object(response: httpx.Response, url: str) -> JSONObject:
     if response.status_code != 200:
         raise UpstreamError(f"GET {_path(url)} answered {response.status_code}")
     try:
-        body = response.json()
-    except ValueError:
+        body = json_text.parse(response.text)
+    except json_text.UnacceptableJSONError as error:
+        raise UpstreamError(f"GET {_path(url)}: the answer is not usable JSON ({error})") from None
+    except (ValueError, RecursionError):
         raise UpstreamError(f"GET {_path(url)}: the answer is not JSON") from None
     if not isinstance(body, dict):
         raise UpstreamError(f"GET {_path(url)}: the answer is not a JSON object")

@@ -381,6 +381,23 @@ def _break(server: FhirServer, failure: str) -> _Breakage:
     return _Breakage(server, failure)
 
 
+@pytest.mark.parametrize(
+    ("value", "named"), [(float("nan"), "NaN"), (float("inf"), "Infinity"), ("a\x00b", "NUL")]
+)
+async def test_an_upstream_answer_that_cannot_be_stored_is_a_failure(
+    watch: Watch, value: object, named: str
+) -> None:
+    upstream_id = await watch.register(poll_seconds=POLL)
+    cursor = (await watch.row(upstream_id)).cursor
+    watch.clock.advance(1)
+    watch.server.create({"resourceType": "Patient", "id": "p1", "gender": value})
+    assert await watch.watcher().run_once() == 1
+    row = await watch.row(upstream_id)
+    assert row.failures == 1 and row.cursor == cursor
+    assert row.last_error is not None and named in row.last_error
+    assert await watch.events() == []
+
+
 def test_backoff_doubles_and_is_capped() -> None:
     assert [upstream.backoff_seconds(30, n) for n in (1, 2, 3, 7, 50)] == [
         60,
