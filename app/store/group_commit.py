@@ -6,8 +6,8 @@ in ONE transaction, then answers every waiter. Under load, a transaction, a cand
 per event type and the inserts are paid once per round instead of once per event; alone, an
 event is committed at once. Durability is unchanged: nobody is answered before the commit.
 
-A round costs about as much as a dozen events (each statement is a few hops to the database
-driver's thread), so under load the committer gathers before it starts one: when the last
+A round costs about as much as a dozen events (each statement is a trip to the database
+driver's thread or server), so under load the committer gathers before it starts one: when the last
 round ended moments ago, it waits until as many events are queued as in the larger of the
 last two rounds. Without that, a closed loop of clients settles into two groups, e.g. rounds
 of 1 event alternating with rounds of all the others. The wait is at most as long as the last
