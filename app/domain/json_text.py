@@ -23,7 +23,7 @@ def parse(text: str) -> Any:
         UnacceptableJSONError: for `NaN`, `Infinity`, or a NUL character in a string.
         RecursionError: when it is nested deeper than Python's parser can go.
     """
-    value = json.loads(text, parse_constant=_refuse_constant)
+    value = _DECODER.decode(text)
     if "\\u0000" in text and _contains_nul(value):
         raise UnacceptableJSONError("NUL characters (\\u0000) are not accepted")
     return value
@@ -31,6 +31,10 @@ def parse(text: str) -> Any:
 
 def _refuse_constant(name: str) -> Any:
     raise UnacceptableJSONError(f"{name} is not a JSON value")
+
+
+# Built once: `json.loads` with any option builds a new decoder on every call.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
 
 
 def _contains_nul(value: Any) -> bool:
