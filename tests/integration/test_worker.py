@@ -343,6 +343,42 @@ async def test_deliveries_held_back_by_an_endpoint_cap_go_when_due_not_at_the_po
     assert {d["status"] for d in await delivering.deliveries(endpoint["id"])} == {"succeeded"}
 
 
+async def test_no_more_than_concurrency_attempts_are_ever_sent_and_unrecorded(
+    delivering: Delivering, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a killed worker sends twice is bounded: an attempt keeps its slot until its
+    outcome is recorded, so a slow record holds further claims back."""
+    await delivering.endpoint("/bounded")
+    for index in range(12):
+        await delivering.publish(idempotency_key=f"b{index}")
+    record = queue.record_attempts
+    recording = asyncio.Event()
+    may_finish = asyncio.Event()
+
+    async def slow_record(session: Any, records: Any) -> None:
+        recording.set()
+        await may_finish.wait()
+        await record(session, records)
+
+    monkeypatch.setattr(queue, "record_attempts", slow_record)
+    delivering.worker._settings = type(delivering.worker._settings)(
+        concurrency=4, batch_size=4, poll_seconds=0.05
+    )
+    running = asyncio.create_task(delivering.worker.run())
+    try:
+        await asyncio.wait_for(recording.wait(), 5)
+        await asyncio.sleep(0.3)  # time enough to claim and send more, were slots free
+        assert len(delivering.receiver.at("/bounded")) == 4
+        may_finish.set()
+        async with asyncio.timeout(10):
+            while len(delivering.receiver.at("/bounded")) < 12:
+                await asyncio.sleep(0.02)
+    finally:
+        may_finish.set()
+        delivering.worker.stop()
+        await asyncio.wait_for(running, 5)
+
+
 async def test_ordered_endpoints_keep_the_order_of_one_push(delivering: Delivering) -> None:
     endpoint = await delivering.endpoint("/fifo-push", 200, ordered=True, event_types=["patient.*"])
     entries = [
