@@ -240,7 +240,7 @@ QUICK = Sizes(
     matching_changes=200,
     memory_deliveries=50_000,
     memory_seconds=2,
-    slow_per_endpoint=40,
+    slow_per_endpoint=200,
 )
 FULL = Sizes(
     ceiling_requests=30_000,

@@ -15,6 +15,7 @@ import standardwebhooks
 import svix.webhooks
 
 from app.delivery import maintenance
+from app.delivery import worker as worker_module
 from app.delivery.limits import EndpointLimits
 from app.domain.models import DeliveryStatus
 from app.domain.retry import AttemptOutcome
@@ -343,40 +344,35 @@ async def test_deliveries_held_back_by_an_endpoint_cap_go_when_due_not_at_the_po
     assert {d["status"] for d in await delivering.deliveries(endpoint["id"])} == {"succeeded"}
 
 
-async def test_no_more_than_concurrency_attempts_are_ever_sent_and_unrecorded(
+async def test_outcomes_are_recorded_together_yet_never_held_back_long(
     delivering: Delivering, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """What a killed worker sends twice is bounded: an attempt keeps its slot until its
-    outcome is recorded, so a slow record holds further claims back."""
-    await delivering.endpoint("/bounded")
-    for index in range(12):
-        await delivering.publish(idempotency_key=f"b{index}")
-    record = queue.record_attempts
-    recording = asyncio.Event()
-    may_finish = asyncio.Event()
+    endpoint = await delivering.endpoint("/gathered")
+    monkeypatch.setattr(worker_module, "RECORD_GATHER_SECONDS", 60.0)
+    delivering.worker._record_at_once = 3
+    delivering.worker._settings = type(delivering.worker._settings)(poll_seconds=0.05)
 
-    async def slow_record(session: Any, records: Any) -> None:
-        recording.set()
-        await may_finish.wait()
-        await record(session, records)
+    async def statuses() -> list[str]:
+        return sorted(d["status"] for d in await delivering.deliveries(endpoint["id"]))
 
-    monkeypatch.setattr(queue, "record_attempts", slow_record)
-    delivering.worker._settings = type(delivering.worker._settings)(
-        concurrency=4, batch_size=4, poll_seconds=0.05
-    )
+    for index in range(3):
+        await delivering.publish(idempotency_key=f"g{index}")
     running = asyncio.create_task(delivering.worker.run())
     try:
-        await asyncio.wait_for(recording.wait(), 5)
-        await asyncio.sleep(0.3)  # time enough to claim and send more, were slots free
-        assert len(delivering.receiver.at("/bounded")) == 4
-        may_finish.set()
-        async with asyncio.timeout(10):
-            while len(delivering.receiver.at("/bounded")) < 12:
+        async with asyncio.timeout(5):  # three waiting: recorded at once, not after 60 s
+            while await statuses() != ["succeeded"] * 3:
+                await asyncio.sleep(0.05)
+        await delivering.publish(idempotency_key="g3")
+        delivering.worker.wake()
+        async with asyncio.timeout(5):
+            while len(delivering.receiver.at("/gathered")) < 4:
                 await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)
+        assert await statuses() == ["delivering"] + ["succeeded"] * 3  # waiting for company
     finally:
-        may_finish.set()
         delivering.worker.stop()
         await asyncio.wait_for(running, 5)
+    assert await statuses() == ["succeeded"] * 4  # shutdown records what finished
 
 
 async def test_ordered_endpoints_keep_the_order_of_one_push(delivering: Delivering) -> None:
