@@ -63,11 +63,11 @@ def history_bundle(first: int, count: int = BUNDLE_CHANGES) -> dict[str, Any]:
     return {"resourceType": "Bundle", "type": "history", "entry": entries}
 
 
-def _headers(key: str, content_type: str = "application/json") -> dict[str, str]:
+def headers_for(key: str, content_type: str = "application/json") -> dict[str, str]:
     return {"Authorization": f"Bearer {key}", "Content-Type": content_type}
 
 
-async def _source_key(database_url: str, organization: str) -> str:
+async def source_key(database_url: str, organization: str) -> str:
     key, _ = await create_api_key(database_url, organization, Role.SOURCE, None)
     return key
 
@@ -85,8 +85,8 @@ async def end_to_end(bench: Bench) -> list[Measurement]:
         [EndpointSpec("fan", rx.url(f"/ok/fan{n}"), (FLOW_TYPE,)) for n in range(FANOUT_ENDPOINTS)],
     )
     await engine.dispose()
-    e2e_key = await _source_key(database.url, "e2e")
-    fan_key = await _source_key(database.url, "fan")
+    e2e_key = await source_key(database.url, "e2e")
+    fan_key = await source_key(database.url, "fan")
     process, base = await Tidings(database.url, bench.work / "serve").start_server("serve")
     try:
         rows = await _latency(bench, base, e2e_key, "SQLite, serve")
@@ -103,7 +103,7 @@ async def _split_latency(bench: Bench) -> list[Measurement]:
     engine = bench_engine(database)
     await seed_endpoints(engine, [EndpointSpec("e2e", bench.receiver.url("/ok/e2e"), (FLOW_TYPE,))])
     await engine.dispose()
-    key = await _source_key(database.url, "e2e")
+    key = await source_key(database.url, "e2e")
     tidings = Tidings(database.url, bench.work / "split")
     worker = tidings.start_worker()
     api, base = await tidings.start_server("api")
@@ -119,7 +119,7 @@ async def _latency(bench: Bench, base: str, key: str, setup: str) -> list[Measur
     sent: dict[str, float] = {}
     accept_ms: list[float] = []
     connector = aiohttp.TCPConnector(limit=256)
-    async with aiohttp.ClientSession(connector=connector, headers=_headers(key)) as session:
+    async with aiohttp.ClientSession(connector=connector, headers=headers_for(key)) as session:
 
         async def publish(number: int) -> None:
             started = time.time()
@@ -130,7 +130,7 @@ async def _latency(bench: Bench, base: str, key: str, setup: str) -> list[Measur
                 sent[body["id"]] = started
 
         await bench.receiver.reset()
-        warm = await _warm_up(session, base, rate)
+        warm = await warm_up(session, base, rate)
         if not await bench.receiver.wait_for(warm, timeout=30):
             raise RuntimeError(f"{setup}: the warm-up events did not all arrive within 30 s")
         await bench.receiver.reset()
@@ -180,7 +180,7 @@ async def _latency(bench: Bench, base: str, key: str, setup: str) -> list[Measur
     return rows
 
 
-async def _warm_up(session: aiohttp.ClientSession, base: str, rate: int) -> int:
+async def warm_up(session: aiohttp.ClientSession, base: str, rate: int) -> int:
     """`WARM_UP_SECONDS` of the same open loop, not measured (as the ingest loops warm up):
     the first events pay for connections and first-use compilation in every process. The
     number of events sent."""
@@ -203,7 +203,7 @@ async def _post(session: aiohttp.ClientSession, base: str, body: dict[str, Any])
 
 async def _fanout(bench: Bench, base: str, key: str) -> Measurement:
     spans = []
-    async with aiohttp.ClientSession(headers=_headers(key)) as session:
+    async with aiohttp.ClientSession(headers=headers_for(key)) as session:
         for run in range(bench.sizes.fanout_runs):
             await bench.receiver.reset()
             started = time.time()
@@ -246,7 +246,7 @@ async def _closed_loop(
 
 async def _event_rate(base: str, key: str, seconds: float) -> tuple[float, int]:
     connector = aiohttp.TCPConnector(limit=CLIENT_CONCURRENCY)
-    async with aiohttp.ClientSession(connector=connector, headers=_headers(key)) as session:
+    async with aiohttp.ClientSession(connector=connector, headers=headers_for(key)) as session:
 
         async def publish(number: int) -> int:
             async with session.post(base + "/v1/events", json=flow_event(number)) as response:
@@ -271,7 +271,7 @@ async def _noop_rate(bench: Bench, seconds: float) -> float:
 
 
 async def _bundle_rate(base: str, key: str, seconds: float) -> tuple[float, int]:
-    headers = _headers(key, "application/fhir+json")
+    headers = headers_for(key, "application/fhir+json")
     async with aiohttp.ClientSession(headers=headers) as session:
 
         async def push(number: int) -> int:
@@ -297,7 +297,7 @@ async def ingest(bench: Bench) -> list[Measurement]:
         ],
     )
     await engine.dispose()
-    key = await _source_key(database.url, "ingest")
+    key = await source_key(database.url, "ingest")
     process, base = await Tidings(database.url, bench.work / "api").start_server("api")
     try:
         events, event_errors = await _event_rate(base, key, seconds)

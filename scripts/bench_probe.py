@@ -1,0 +1,201 @@
+"""Focused probes behind the per-change numbers in docs/performance.md that `bench.py` does not
+print. Run from the repository root with the project's virtualenv:
+
+    .venv/bin/python scripts/bench_probe.py drain                       # SQLite, 1 worker
+    .venv/bin/python scripts/bench_probe.py drain --postgres --workers 2 --deliveries 50000
+    .venv/bin/python scripts/bench_probe.py e2e                         # `serve` on SQLite
+    .venv/bin/python scripts/bench_probe.py e2e --postgres --seconds 20 # `api` + `worker`
+
+drain: `tidings worker` processes drain N pending deliveries to 10 endpoints of the fast
+receiver; prints the rate from the first arrival to the last success and the workers' CPU time
+per delivery over the same window (from /proc: both threads, start-up excluded).
+
+e2e: events at 500/s through `POST /v1/events`, after the same 1 s warm-up as `bench.py`;
+prints p50/p95/p99 from acceptance to arrival and of the `POST` itself, overall and per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import aiohttp
+import bench_api
+from bench_env import (
+    Database,
+    Receiver,
+    Tidings,
+    postgres_database,
+    sqlite_database,
+    start_receiver,
+    stop_process,
+)
+from bench_report import percentile
+from bench_seed import (
+    EndpointSpec,
+    bench_engine,
+    seed_deliveries,
+    seed_endpoints,
+    wait_succeeded,
+)
+
+RATE = 500
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+async def drain(args: argparse.Namespace, work: Path, receiver: Receiver) -> None:
+    database = await _database(args, work, "probe_drain")
+    engine = bench_engine(database)
+    specs = [EndpointSpec("drain", receiver.url(f"/ok/d{n}"), ("encounter.*",)) for n in range(10)]
+    await seed_deliveries(engine, "drain", await seed_endpoints(engine, specs), args.deliveries)
+    tidings = Tidings(database.url, work / "drain")
+    workers = [tidings.start_worker(f"worker{n}") for n in range(args.workers)]
+    try:
+        if not await receiver.wait_for(1, timeout=60):
+            raise RuntimeError("no delivery arrived within 60 s")
+        cpu_before = sum(cpu_seconds(worker.pid) for worker in workers)
+        first = (await receiver.stats())["ok"]["first"]
+        seen, done = await wait_succeeded(
+            engine, args.deliveries, since=first, cap=120, processes=workers
+        )
+        cpu = sum(cpu_seconds(worker.pid) for worker in workers) - cpu_before
+    finally:
+        for worker in workers:
+            stop_process(worker)
+        await engine.dispose()
+        await _drop(database)
+    kind = "PostgreSQL" if database.pg_name else "SQLite"
+    print(
+        f"drain {kind}, {args.workers} worker(s): {done:,} in {seen - first:.2f} s = "
+        f"{done / (seen - first):,.0f}/s; worker CPU {cpu / done * 1e6:.0f} µs per delivery"
+    )
+
+
+async def end_to_end(args: argparse.Namespace, work: Path, receiver: Receiver) -> None:
+    database = await _database(args, work, "probe_e2e")
+    engine = bench_engine(database)
+    spec = EndpointSpec("e2e", receiver.url("/ok/e2e"), (bench_api.FLOW_TYPE,))
+    await seed_endpoints(engine, [spec])
+    await engine.dispose()
+    key = await bench_api.source_key(database.url, "e2e")
+    tidings = Tidings(database.url, work / "e2e")
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        if args.postgres:
+            processes.append(tidings.start_worker())
+        server, base = await tidings.start_server("api" if args.postgres else "serve")
+        processes.append(server)
+        sent = await _open_loop(base, key, args.seconds, receiver)
+        await receiver.wait_for(len(sent), timeout=args.seconds + 10)
+        arrivals = await receiver.arrivals()
+    finally:
+        for process in processes:
+            stop_process(process)
+        await _drop(database)
+    origin = min(started for started, _ in sent.values())
+    rows = [
+        (started - origin, (arrivals[event_id] - started) * 1000, accept_ms)
+        for event_id, (started, accept_ms) in sent.items()
+        if event_id in arrivals
+    ]
+    setup = "PostgreSQL, api + worker" if args.postgres else "SQLite, serve"
+    print(f"e2e {setup}, {RATE}/s for {args.seconds:g} s: {len(rows):,} of {len(sent):,} arrived")
+    print(_line("all", rows))
+    for second in range(int(args.seconds)):
+        print(_line(f"t={second:>3} s", [r for r in rows if second <= r[0] < second + 1]))
+
+
+async def _open_loop(
+    base: str, key: str, seconds: float, receiver: Receiver
+) -> dict[str, tuple[float, float]]:
+    """Event id -> (sent at, POST milliseconds), for `seconds` at `RATE` after the warm-up."""
+    sent: dict[str, tuple[float, float]] = {}
+    connector = aiohttp.TCPConnector(limit=256)
+    headers = bench_api.headers_for(key)
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+        await receiver.reset()
+        warm = await bench_api.warm_up(session, base, RATE)
+        await receiver.wait_for(warm, timeout=30)
+        await receiver.reset()
+
+        async def publish(number: int) -> None:
+            started = time.time()
+            body = bench_api.flow_event(number)
+            async with session.post(base + "/v1/events", json=body) as response:
+                answer = await response.json()
+            if response.status == 202:
+                sent[answer["id"]] = (started, (time.time() - started) * 1000)
+
+        tasks = []
+        origin = time.perf_counter()
+        for number in range(int(RATE * seconds)):
+            delay = origin + number / RATE - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(publish(number)))
+        await asyncio.gather(*tasks)
+    return sent
+
+
+def _line(label: str, rows: list[tuple[float, float, float]]) -> str:
+    if not rows:
+        return f"  {label}: nothing arrived"
+    e2e = [row[1] for row in rows]
+    accept = [row[2] for row in rows]
+    return (
+        f"  {label}: e2e p50 {percentile(e2e, 0.5):6.1f} p95 {percentile(e2e, 0.95):6.1f} "
+        f"p99 {percentile(e2e, 0.99):6.1f} ms | POST p50 {percentile(accept, 0.5):5.1f} "
+        f"p99 {percentile(accept, 0.99):6.1f} ms"
+    )
+
+
+async def _database(args: argparse.Namespace, work: Path, name: str) -> Database:
+    if args.postgres:
+        return await postgres_database(name)
+    return await sqlite_database(work / f"{name}.db")
+
+
+async def _drop(database: Database) -> None:
+    if database.pg_name:
+        await database.drop()
+
+
+async def _run(args: argparse.Namespace) -> None:
+    work = Path(tempfile.mkdtemp(prefix="tidings-probe-"))
+    receiver = await start_receiver(work)
+    try:
+        probe = drain if args.probe == "drain" else end_to_end
+        await probe(args, work, receiver)
+    finally:
+        stop_process(receiver.process)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    """Run one probe and print its result."""
+    parser = argparse.ArgumentParser(description="Tidings probes (see the module docstring).")
+    parser.add_argument("probe", choices=["drain", "e2e"])
+    parser.add_argument("--postgres", action="store_true", help="PostgreSQL instead of SQLite")
+    parser.add_argument("--workers", type=int, default=1, help="drain: worker processes")
+    parser.add_argument("--deliveries", type=int, default=20_000, help="drain: queue length")
+    parser.add_argument("--seconds", type=float, default=10, help="e2e: measured seconds")
+    asyncio.run(_run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
