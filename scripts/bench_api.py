@@ -6,7 +6,7 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -137,10 +137,7 @@ async def _latency(bench: Bench, base: str, key: str, setup: str) -> list[Measur
         tasks: set[asyncio.Task[None]] = set()
         shed = 0
         origin = time.perf_counter()
-        for number in range(int(rate * seconds)):
-            delay = origin + number / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
+        async for number in paced(rate, int(rate * seconds)):
             if len(tasks) >= MAX_IN_FLIGHT:  # the server fell behind: do not queue forever
                 shed += 1
                 continue
@@ -184,15 +181,22 @@ async def warm_up(session: aiohttp.ClientSession, base: str, rate: int) -> int:
     """`WARM_UP_SECONDS` of the same open loop, not measured (as the ingest loops warm up):
     the first events pay for connections and first-use compilation in every process. The
     number of events sent."""
-    tasks = []
+    tasks = [
+        asyncio.create_task(_post(session, base, flow_event(-1 - number)))
+        async for number in paced(rate, int(rate * WARM_UP_SECONDS))
+    ]
+    await asyncio.gather(*tasks)
+    return len(tasks)
+
+
+async def paced(rate: float, count: int) -> AsyncIterator[int]:
+    """0 to `count - 1`, each when its turn comes in an open loop of `rate` per second."""
     origin = time.perf_counter()
-    for number in range(int(rate * WARM_UP_SECONDS)):
+    for number in range(count):
         delay = origin + number / rate - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(_post(session, base, flow_event(-1 - number))))
-    await asyncio.gather(*tasks)
-    return len(tasks)
+        yield number
 
 
 async def _post(session: aiohttp.ClientSession, base: str, body: dict[str, Any]) -> None:

@@ -141,13 +141,10 @@ async def _open_loop(
             if response.status == 202:
                 sent[answer["id"]] = (started, (time.time() - started) * 1000)
 
-        tasks = []
-        origin = time.perf_counter()
-        for number in range(int(RATE * seconds)):
-            delay = origin + number / RATE - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(publish(number)))
+        tasks = [
+            asyncio.create_task(publish(number))
+            async for number in bench_api.paced(RATE, int(RATE * seconds))
+        ]
         await asyncio.gather(*tasks)
     return sent
 
