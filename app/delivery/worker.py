@@ -249,11 +249,9 @@ class Worker:
                 await queue.release_deliveries(
                     session, [item.id for item in items], now=now, retry_at=retry_at
                 )
-        if self._deferred_until is not None and self._deferred_until <= now:
-            self._deferred_until = None  # this claim saw them due
-        for retry_at in deferred:
-            if self._deferred_until is None or retry_at < self._deferred_until:
-                self._deferred_until = retry_at
+        # The earliest still to come of those sent back before and now (this claim saw the rest).
+        later = [at for at in (self._deferred_until, *deferred) if at is not None and at > now]
+        self._deferred_until = min(later, default=None)
         if sweep:
             self._next_lease_sweep = now + timedelta(seconds=self._settings.poll_seconds)
         return admitted, len(claimed) == limit or bool(at_cap)

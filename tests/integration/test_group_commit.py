@@ -55,12 +55,19 @@ async def store_many(api: Api, count: int) -> list[str | None]:
     return await asyncio.gather(*(committer.store(new_event(api)) for _ in range(count)))
 
 
+def gathering(
+    monkeypatch: pytest.MonkeyPatch, *, after: float, at_most: float, per_commit: float = 1.0
+) -> None:
+    """When a round gathers (`GATHER_AFTER_SECONDS`), and for how long at most."""
+    monkeypatch.setattr(group_commit, "GATHER_AFTER_SECONDS", after)
+    monkeypatch.setattr(group_commit, "GATHER_SECONDS", at_most)
+    monkeypatch.setattr(group_commit, "GATHER_PER_COMMIT", per_commit)
+
+
 async def test_events_arriving_soon_after_a_round_gather_into_one(
     api: Api, round_sizes: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(group_commit, "GATHER_AFTER_SECONDS", 60.0)
-    monkeypatch.setattr(group_commit, "GATHER_SECONDS", 60.0)  # only a full round ends the wait
-    monkeypatch.setattr(group_commit, "GATHER_PER_COMMIT", 1e6)
+    gathering(monkeypatch, after=60.0, at_most=60.0, per_commit=1e6)  # only a full round ends it
     assert await store_many(api, 4) == [None] * 4
     first = asyncio.ensure_future(store_many(api, 1))
     await asyncio.sleep(0.01)
@@ -71,22 +78,22 @@ async def test_events_arriving_soon_after_a_round_gather_into_one(
     assert await stored_event_types(api) == {"patient_flow.completed": 8}
 
 
-async def test_a_gathering_round_is_held_at_most_the_gathering_time(
-    api: Api, round_sizes: list[int], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("after", "at_most", "per_commit"),
+    [
+        pytest.param(60.0, 0.01, 1e6, id="held-at-most-the-gathering-time"),
+        pytest.param(0.0, 60.0, 1.0, id="after-a-quiet-moment-committed-at-once"),
+    ],
+)
+async def test_a_lone_event_is_not_held_back_for_long(
+    api: Api,
+    round_sizes: list[int],
+    monkeypatch: pytest.MonkeyPatch,
+    after: float,
+    at_most: float,
+    per_commit: float,
 ) -> None:
-    monkeypatch.setattr(group_commit, "GATHER_AFTER_SECONDS", 60.0)
-    monkeypatch.setattr(group_commit, "GATHER_SECONDS", 0.01)
-    monkeypatch.setattr(group_commit, "GATHER_PER_COMMIT", 1e6)
-    await store_many(api, 4)
-    assert await asyncio.wait_for(store_many(api, 1), timeout=5) == [None]
-    assert round_sizes == [4, 1]
-
-
-async def test_an_event_after_a_quiet_moment_is_committed_at_once(
-    api: Api, round_sizes: list[int], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(group_commit, "GATHER_AFTER_SECONDS", 0.0)  # every moment is quiet
-    monkeypatch.setattr(group_commit, "GATHER_SECONDS", 60.0)
+    gathering(monkeypatch, after=after, at_most=at_most, per_commit=per_commit)
     await store_many(api, 4)
     assert await asyncio.wait_for(store_many(api, 1), timeout=5) == [None]
     assert round_sizes == [4, 1]
@@ -95,8 +102,7 @@ async def test_an_event_after_a_quiet_moment_is_committed_at_once(
 async def test_a_gathering_round_waits_no_longer_than_the_last_commit_took(
     api: Api, round_sizes: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(group_commit, "GATHER_AFTER_SECONDS", 60.0)
-    monkeypatch.setattr(group_commit, "GATHER_SECONDS", 60.0)
+    gathering(monkeypatch, after=60.0, at_most=60.0)
     committer = services_of(api).event_committer
     commit = committer._commit
     slow_commits = 0.2
