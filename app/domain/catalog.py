@@ -13,7 +13,6 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from jsonschema import FormatChecker
 from jsonschema.exceptions import SchemaError
 from jsonschema.validators import Draft202012Validator, validator_for
 
@@ -28,6 +27,7 @@ from app.domain.event_types import (
     ValidationProblem,
 )
 from app.domain.models import Interaction, PayloadFormat, ResourceChange
+from app.domain.schema_fast_path import FastValidator, fast_validator_for
 from app.fhir.fhirpath import compile_expression
 from app.fhir.resource_types import is_resource_type
 from app.fhir.search import parse_criteria
@@ -169,6 +169,7 @@ def _compile(fields: Mapping[str, Any]) -> EventType:
         data_schema=schema,
         example=fields.get("example"),
         schema_validator=validator,
+        fast_validator=_fast_validator(schema, validator),
     )
     _check_example(event_type)
     return event_type
@@ -293,7 +294,13 @@ def _extensions(value: Any) -> Iterator[ExtensionRule]:
 def _schema_validator(schema: dict[str, Any]) -> Any:
     cls = validator_for(schema, default=Draft202012Validator)
     cls.check_schema(schema)
-    return cls(schema, format_checker=FormatChecker())
+    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+
+
+def _fast_validator(schema: dict[str, Any] | None, validator: Any) -> FastValidator | None:
+    if schema is None:
+        return None
+    return fast_validator_for(schema, format_checker=validator.format_checker)
 
 
 def _check_example(event_type: EventType) -> None:

@@ -14,6 +14,7 @@ from jsonschema.protocols import Validator
 
 from app.domain.errors import Problem
 from app.domain.models import Interaction, JSONObject, PayloadFormat, ResourceChange
+from app.domain.schema_fast_path import FastValidator, fast_accepts
 from app.fhir.fhirpath import FhirPathError, FhirPathExpression
 from app.fhir.search import Criteria, CriteriaError
 
@@ -132,6 +133,8 @@ class EventType:
     data_schema: JSONObject | None = None
     example: Any = None
     schema_validator: Validator | None = field(default=None, repr=False)
+    fast_validator: FastValidator | None = field(default=None, repr=False)
+    """jsonschema-rs for `data_schema` when it is eligible: it may accept, never reject."""
 
     @property
     def needs_previous(self) -> bool:
@@ -159,8 +162,15 @@ class EventType:
         return None
 
     def validate_data(self, data: Any, *, at: str = "") -> list[ValidationProblem]:
-        """What is wrong with `data` under `data_schema`, as JSON pointers prefixed with `at`."""
+        """What is wrong with `data` under `data_schema`, as JSON pointers prefixed with `at`.
+
+        `data` is JSON as Python's parsers produce it. The fast validator may only accept;
+        whatever it rejects is checked again by Python's jsonschema, whose verdict and messages
+        stand.
+        """
         if self.schema_validator is None:
+            return []
+        if self.fast_validator is not None and fast_accepts(self.fast_validator, data):
             return []
         found: dict[str, str] = {}
         for error in self.schema_validator.iter_errors(data):

@@ -120,6 +120,7 @@ async def test_numbers_json_does_not_have_are_refused(api: Api, constant: str) -
             {"person_id": "p1", "external_identifier": {"value": ""}, "deleted_at": 5},
             ["/data/deleted_at", "/data/external_identifier/value"],
         ),
+        ({**DELETED_USER, "deleted_at": "nope"}, ["/data/deleted_at"]),
     ],
 )
 async def test_data_is_checked_against_the_schema(

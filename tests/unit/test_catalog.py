@@ -268,6 +268,19 @@ def test_focus_expression_over_published_data(shipped: Catalog) -> None:
             ["/data/steps/0/status"],
         ),
         ("patient_flow.completed", [], ["/data"]),
+        *(
+            (
+                "patient_flow.completed",
+                {"id": "f1", "patient": "Patient/1", "status": "completed", "completed_at": bad},
+                ["/data/completed_at"],
+            )
+            for bad in ["nope", "2025-06-01", "2025-06-01 12:00:00Z", "2025-06-31T12:00:00Z"]
+        ),
+        (
+            "user-delete-completed",
+            {"person_id": "p1", "external_identifier": {"value": "u1"}, "deleted_at": "nope"},
+            ["/data/deleted_at"],
+        ),
         ("records.sync.failed", {"connection_id": "c", "patient": "Patient/1"}, ["/data/reason"]),
         ("encounter.created", {"anything": True}, []),
     ],
