@@ -11,6 +11,7 @@ counter: no cache can mistake one database (or a database recreated from scratch
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import col, select
@@ -53,6 +54,22 @@ _VERSION_QUERY = sa.select(col(Organization.endpoints_version)).where(
 )
 
 
+def endpoints_version_of(organization_id: sa.Column[Any]) -> Any:
+    """The `endpoints_version` of the organization that `organization_id` (a column of the
+    row being inserted) names, as a scalar subquery for the INSERT's RETURNING: the event
+    INSERT returns it with each new row, and matching needs no statement of its own.
+    Spelled out because SQLAlchemy does not correlate a subquery in RETURNING to the
+    inserted table (it would add that table to the subquery's FROM)."""
+    organizations = Organization.__table__  # type: ignore[attr-defined]
+    return sa.literal_column(
+        f"(SELECT {organizations.name}.{organizations.c.endpoints_version.name}"
+        f" FROM {organizations.name}"
+        f" WHERE {organizations.name}.{organizations.c.id.name}"
+        f" = {organization_id.table.name}.{organization_id.name})",
+        type_=sa.String(),
+    )
+
+
 async def endpoints_version(session: AsyncSession, organization_id: str) -> str | None:
     """The organization's current `endpoints_version` (None when there is no such
     organization, and so no endpoints). On the Core connection: this is once per event batch
@@ -76,6 +93,13 @@ class CandidateCache:
     ) -> tuple[Endpoint, ...]:
         """What `select_candidate_endpoints` would return, as seen by this transaction."""
         version = await endpoints_version(session, organization_id)
+        return await self.candidates_at(session, organization_id, event_type, version)
+
+    async def candidates_at(
+        self, session: AsyncSession, organization_id: str, event_type: str, version: str | None
+    ) -> tuple[Endpoint, ...]:
+        """`candidates`, given the organization's `endpoints_version` as this transaction
+        read it (see `endpoints_version_of`)."""
         if version is None:
             return ()
         key = (organization_id, event_type)

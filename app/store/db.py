@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import orjson
 from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
@@ -22,6 +24,7 @@ def make_engine(url: str) -> AsyncEngine:
     if url.startswith("sqlite"):
         engine = create_async_engine(
             url,
+            json_serializer=column_json,
             module=ONE_TRIP_AIOSQLITE,
             connect_args={"timeout": 30},
             pool_size=1,
@@ -29,7 +32,22 @@ def make_engine(url: str) -> AsyncEngine:
         )
         event.listen(engine.sync_engine, "connect", _configure_sqlite)
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    return create_async_engine(
+        url, json_serializer=column_json, pool_size=10, max_overflow=10, pool_pre_ping=True
+    )
+
+
+def column_json(value: Any) -> str:
+    """The text a JSON column stores for `value`: `orjson`'s, which costs a tenth of the
+    standard library's (a FHIR resource: 0.3 against 3.7 µs), or the standard library's for
+    what `orjson` refuses (integers beyond 64 bits, lone surrogates, keys that are not
+    strings). Columns are read back as values, never compared as text, so the two spellings
+    of a value are interchangeable. (`NaN` and `Infinity`, which `orjson` would write as
+    `null`, never get this far: `json_text` refuses them at the edge.)"""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return json.dumps(value)
 
 
 def _configure_sqlite(connection: Any, _record: Any) -> None:

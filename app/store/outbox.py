@@ -13,7 +13,8 @@ the same key cannot both store an event, on PostgreSQL as on SQLite.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -27,7 +28,7 @@ from app.domain import ids, matching
 from app.domain.catalog import Catalog
 from app.domain.models import DeliveryStatus, Endpoint, Event, JSONObject
 from app.fhir.resource_types import is_resource_type
-from app.store.candidates import CANDIDATES
+from app.store.candidates import CANDIDATES, endpoints_version_of
 from app.store.db import execute_core
 from app.store.endpoints import Scope
 from app.store.event_numbers import assign_event_numbers
@@ -130,7 +131,8 @@ async def insert_events_with_deliveries(
             continue
         key = (item.event.organization_id, item.event.type)
         if key not in candidates:
-            candidates[key] = await CANDIDATES.candidates(session, *key)
+            version = inserted[item.event.id]
+            candidates[key] = await CANDIDATES.candidates_at(session, *key, version)
         new_rows = await _deliveries_for(session, item, candidates[key], criteria_cache, now)
         stored.append([row["id"] for row in new_rows])
         rows += new_rows
@@ -205,18 +207,29 @@ async def _delivery_rows(
 
 async def _insert_event_rows(
     session: AsyncSession, items: Sequence[NewEvent], now: datetime
-) -> set[str]:
-    """Insert the events whose keys are free; the ids actually inserted.
+) -> dict[str, str | None]:
+    """Insert the events whose keys are free; the ids actually inserted, each with its
+    organization's `endpoints_version` as this transaction sees it (for matching).
 
     One statement, run as a batch: SQLAlchemy pages it into multi-row INSERTs itself
     ("insertmanyvalues") and the compiled statement is cached, where one `.values(rows)`
     statement per call would be compiled anew every time.
     """
     if not items:
-        return set()
-    statement = _dialect_insert(session)(_event).on_conflict_do_nothing().returning(_event.c.id)
+        return {}
+    statement = _insert_events_statement(session.get_bind().dialect.name)
     result = await execute_core(session, statement, [_event_row(item, now) for item in items])
-    return set(result.scalars().all())
+    return {event_id: version for event_id, version in result.all()}
+
+
+@functools.cache
+def _insert_events_statement(dialect: str) -> Any:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return (
+        insert(_event)
+        .on_conflict_do_nothing()
+        .returning(_event.c.id, endpoints_version_of(_event.c.organization_id))
+    )
 
 
 def _event_row(item: NewEvent, now: datetime) -> dict[str, Any]:
@@ -234,13 +247,6 @@ def _event_row(item: NewEvent, now: datetime) -> dict[str, Any]:
         "idempotency_key": event.idempotency_key,
         "change_key": item.change_key,
     }
-
-
-def _dialect_insert(session: AsyncSession) -> Callable[[Any], Any]:
-    """The INSERT construct with `ON CONFLICT` of the session's database."""
-    if session.get_bind().dialect.name == "postgresql":
-        return postgresql.insert
-    return sqlite.insert
 
 
 async def first_event_id(session: AsyncSession, event: Event, change_key: str | None) -> str:
