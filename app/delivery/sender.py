@@ -222,9 +222,9 @@ async def _read_excerpt(response: aiohttp.ClientResponse) -> str:
     raw = bytearray()
     while len(raw) < EXCERPT_BYTES:
         chunk = await response.content.read(EXCERPT_BYTES - len(raw))
-        if not chunk:
-            break
         raw += chunk
+        if not chunk or response.content.at_eof():  # most answers: all of it in one read
+            break
     return excerpt_text(bytes(raw))
 
 

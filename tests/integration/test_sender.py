@@ -83,6 +83,14 @@ def receiver_routes(receiver: Receiver) -> dict[str, Handler]:
     async def redirect(request: web.Request) -> web.StreamResponse:
         return web.Response(status=302, headers={"Location": "/ok"})
 
+    async def in_pieces(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()  # chunked
+        await response.prepare(request)
+        for piece in (b"accepted", b", queued", b" as 42"):
+            await response.write(piece)
+            await asyncio.sleep(0.02)
+        return response
+
     async def huge(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse()
         await response.prepare(request)
@@ -106,6 +114,7 @@ def receiver_routes(receiver: Receiver) -> dict[str, Handler]:
         "/slow-body": slow_body,
         "/redirect": redirect,
         "/huge": huge,
+        "/in-pieces": in_pieces,
     }
 
 
@@ -231,6 +240,11 @@ async def test_a_huge_body_is_cut_at_4_kib_without_reading_it_all(
     assert set(outcome.response_excerpt) == {"€"}
     assert receiver.huge_bytes_written < HUGE_BYTES
     assert (await sender.send(OutboundRequest(receiver.url("/ok"), BODY))).status == 200
+
+
+async def test_a_body_sent_in_pieces_is_read_to_its_end(receiver: Receiver, sender: Sender) -> None:
+    outcome = await sender.send(OutboundRequest(receiver.url("/in-pieces"), BODY))
+    assert (outcome.status, outcome.response_excerpt) == (200, "accepted, queued as 42")
 
 
 # SSRF: the address connected to is the address checked.
