@@ -3,8 +3,9 @@
 
 Every change to an organization's endpoints gives it a new random `endpoints_version` in the
 same transaction (`endpoints.endpoints_changed`). A cached list is used only while the version
-it was read with is still the organization's, so a cache hit costs one primary-key read and
-is never stale, whichever process made the change. The version is random rather than a
+it was read with is still the organization's, so a cache hit costs one primary-key read (on
+the ingest path none of its own: the event INSERT returns the version, `endpoints_version_of`)
+and is never stale, whichever process made the change. The version is random rather than a
 counter: no cache can mistake one database (or a database recreated from scratch) for another.
 """
 
@@ -72,8 +73,7 @@ def endpoints_version_of(organization_id: sa.Column[Any]) -> Any:
 
 async def endpoints_version(session: AsyncSession, organization_id: str) -> str | None:
     """The organization's current `endpoints_version` (None when there is no such
-    organization, and so no endpoints). On the Core connection: this is once per event batch
-    on the ingest path."""
+    organization, and so no endpoints), read on its own (see `endpoints_version_of`)."""
     result = await execute_core(session, _VERSION_QUERY, {"organization_id": organization_id})
     version: str | None = result.scalar_one_or_none()
     return version

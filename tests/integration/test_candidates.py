@@ -33,12 +33,15 @@ async def publish(api: Api, key: str) -> set[str]:
 
 
 @contextmanager
-def candidate_queries(engine: AsyncEngine) -> Iterator[list[str]]:
-    """The statements that read the (organization, pattern) index while inside."""
+def candidate_queries(
+    engine: AsyncEngine, reading: str = "endpoint_event_type"
+) -> Iterator[list[str]]:
+    """The SELECT statements that mention `reading` (by default the (organization, pattern)
+    index) while inside."""
     seen: list[str] = []
 
     def before(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if "endpoint_event_type" in statement and statement.lstrip().upper().startswith("SELECT"):
+        if reading in statement and statement.lstrip().upper().startswith("SELECT"):
             seen.append(statement)
 
     sa.event.listen(engine.sync_engine, "before_cursor_execute", before)
@@ -108,11 +111,15 @@ async def test_a_cache_hit_reads_no_endpoints(api: Api) -> None:
     engine = services_of(api).sessions.kw["bind"]
     with candidate_queries(engine) as first_reads:
         assert await publish(api, source) == {endpoint_id}
-    with candidate_queries(engine) as later_reads:
+    with (
+        candidate_queries(engine) as later_reads,
+        candidate_queries(engine, "endpoints_version") as version_reads,
+    ):
         for _ in range(3):
             assert await publish(api, source) == {endpoint_id}
     assert len(first_reads) == 1
     assert later_reads == []
+    assert version_reads == []  # the event INSERT returned the version
 
 
 async def test_a_rolled_back_change_leaves_no_trace(api: Api) -> None:
