@@ -14,6 +14,11 @@ of 1 event alternating with rounds of all the others. The wait is at most as lon
 commit took (and never over `GATHER_SECONDS`): waiting longer would cost the waiting events
 more than a round of their own, and at a steady rate of arrivals (500/s, commits of 5 ms) a
 fixed wait turned every round into a full one, adding its whole length to every answer.
+
+The wait counts from when the requests the last round answered have run again, not from the
+commit: answering a request only schedules it, and until its handler has sent its response its
+client cannot send the next event. Counted from the commit, the wait was mostly spent while the
+answered handlers still queued behind the committer, and rounds ended short of their company.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ GATHER_SECONDS = 0.020
 GATHER_PER_COMMIT = 1.0  # the most a round waits, as a share of how long the last commit took
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: held in a set until its request runs again
 class _Waiting:
     item: outbox.NewEvent
     answer: asyncio.Future[str | None] = field(
@@ -62,6 +67,8 @@ class EventCommitter:
         self._last_ended = float("-inf")  # loop time
         self._last_commit_seconds = 0.0
         self._enough: asyncio.Future[None] | None = None
+        self._unread: set[_Waiting] = set()  # answered; their requests have not run again yet
+        self._all_read: asyncio.Future[None] | None = None
 
     async def store(self, item: outbox.NewEvent) -> str | None:
         """Store one event; None when stored, else the id of the event stored first with the
@@ -73,12 +80,18 @@ class EventCommitter:
                 self._enough.set_result(None)
         if self._running is None or self._running.done():
             self._running = asyncio.ensure_future(self._commit_rounds())
-        return await waiting.answer
+        try:
+            return await waiting.answer
+        finally:
+            self._unread.discard(waiting)
+            if not self._unread and self._all_read is not None and not self._all_read.done():
+                self._all_read.set_result(None)
 
     async def _commit_rounds(self) -> None:
         loop = asyncio.get_running_loop()
         while self._queue:
             if loop.time() - self._last_ended < GATHER_AFTER_SECONDS:
+                await self._answers_read(loop)
                 await self._gather(loop)
             round_, self._queue = self._queue[:MAX_ROUND], self._queue[MAX_ROUND:]
             started = loop.time()
@@ -90,6 +103,20 @@ class EventCommitter:
             self._recent_sizes = (self._recent_sizes[1], len(round_))
             self._last_ended = loop.time()
             self._last_commit_seconds = self._last_ended - started
+
+    async def _answers_read(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait until the requests the last round answered have run again (at most
+        `GATHER_SECONDS`)."""
+        if not self._unread:
+            return
+        self._all_read = loop.create_future()
+        try:
+            async with asyncio.timeout(GATHER_SECONDS):
+                await self._all_read
+        except TimeoutError:
+            pass
+        finally:
+            self._all_read = None
 
     async def _gather(self, loop: asyncio.AbstractEventLoop) -> None:
         """Wait until as many events are queued as in the recent rounds, or as long as the
@@ -123,7 +150,9 @@ class EventCommitter:
                 for w, deliveries in zip(round_, stored, strict=True)
             ]
         for waiting, first in zip(round_, firsts, strict=True):
-            waiting.answer.set_result(first)
+            if not waiting.answer.done():  # else its request was cancelled: nobody to answer
+                waiting.answer.set_result(first)
+                self._unread.add(waiting)
 
     async def _commit_alone(self, waiting: _Waiting) -> None:
         try:

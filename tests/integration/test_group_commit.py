@@ -120,3 +120,56 @@ async def test_a_gathering_round_waits_no_longer_than_the_last_commit_took(
     held = loop.time() - started
     assert round_sizes == [4, 1]
     assert 0.2 <= held < 2.0  # it waited for company, but only as long as a commit takes
+
+
+async def test_a_round_gathers_once_the_requests_it_answered_run_again(
+    api: Api, round_sizes: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Answering a request only schedules it: a round that starts gathering before the
+    requests it answered have run again spends its wait on them, not on new events."""
+    gathering(monkeypatch, after=60.0, at_most=60.0)
+    committer = services_of(api).event_committer
+    resumed = 0
+    not_yet_resumed_at_gathering: list[int] = []
+    gather = committer._gather
+
+    async def recording(loop: asyncio.AbstractEventLoop) -> None:
+        not_yet_resumed_at_gathering.append(sum(round_sizes) - resumed)
+        await gather(loop)
+
+    monkeypatch.setattr(committer, "_gather", recording)
+
+    async def request() -> None:
+        nonlocal resumed
+        assert await committer.store(new_event(api)) is None
+        resumed += 1
+
+    async def publisher() -> None:  # sends its next event as soon as it is answered
+        for _ in range(5):
+            await request()
+
+    async def trickle() -> None:  # sends events at its own pace, answered or not
+        sent = []
+        for _ in range(40):
+            sent.append(asyncio.ensure_future(request()))
+            await asyncio.sleep(0.0005)
+        await asyncio.gather(*sent)
+
+    await asyncio.gather(*(publisher() for _ in range(8)), trickle())
+    assert not_yet_resumed_at_gathering  # rounds followed one another
+    assert set(not_yet_resumed_at_gathering) == {0}
+    assert await stored_event_types(api) == {"patient_flow.completed": 80}
+
+
+async def test_a_request_cancelled_while_its_round_commits_leaves_the_others_answered(
+    api: Api, round_sizes: list[int]
+) -> None:
+    committer = services_of(api).event_committer
+    requests = [asyncio.ensure_future(committer.store(new_event(api))) for _ in range(3)]
+    await asyncio.sleep(0)  # all three are queued
+    requests[0].cancel()
+    answers = await asyncio.gather(*requests, return_exceptions=True)
+    assert isinstance(answers[0], asyncio.CancelledError)
+    assert answers[1:] == [None, None]
+    assert round_sizes == [3]  # stored together once, not again one by one
+    assert await stored_event_types(api) == {"patient_flow.completed": 3}
