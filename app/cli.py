@@ -315,7 +315,7 @@ def _report_redelivery(summary: RedeliverySummary, *, dry_run: bool) -> int:
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
-    from app.factory import run_worker_process
+    from app.runtime import run_worker_process
     from app.store import migrate
 
     migrate.upgrade_to_head(settings.database_url)

@@ -1,12 +1,8 @@
-"""create_app and the worker runtime: the one place that wires Tidings' parts together."""
+"""create_app: the one place that wires the API (and, for `serve`, the runtime) together."""
 
 from __future__ import annotations
 
-import asyncio
-import random
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Callable
 from typing import Any
 
 from itsdangerous import URLSafeSerializer
@@ -31,24 +27,19 @@ from app.api import (
     ingest,
     upstreams,
 )
-from app.api.context import Resolver, Services
+from app.api.context import Services
 from app.api.fhir_outcomes import install_operation_outcomes
 from app.api.problems import register_problem_handlers
 from app.api.rate_limit import KeyRateLimiter
 from app.config import Settings
 from app.delivery import dns
-from app.delivery.attempts import AttemptContext
-from app.delivery.metrics import DeliveryMetrics
-from app.delivery.sender import Sender
 from app.delivery.wakeups import PostgresWakeups
-from app.delivery.worker import Worker, WorkerSettings
-from app.domain.catalog import Catalog, load_catalog
+from app.domain.addresses import Resolver
+from app.domain.catalog import load_catalog
 from app.domain.matching import CriteriaCache
-from app.domain.retry import RetryPolicy
 from app.domain.secrets import SecretBox
-from app.ingest.upstream import UpstreamWatcher, new_upstream_client
-from app.scheduler import TimedWork, build_scheduler
-from app.store.db import SessionFactory, make_engine, make_session_factory
+from app.runtime import Clock, Runtime, build_runtime, utc_now
+from app.store.db import make_engine, make_session_factory
 from app.store.group_commit import EventCommitter
 
 BLUEPRINTS = (
@@ -65,133 +56,6 @@ BLUEPRINTS = (
     fhir_subscription_ops.blueprint,
     fhir_audit.blueprint,
 )
-Clock = Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    """The real clock."""
-    return datetime.now(UTC)
-
-
-@dataclass
-class Runtime:
-    """The delivery side of one process: worker, scheduler, sender and wake-ups."""
-
-    worker: Worker
-    sender: Sender
-    timed_work: TimedWork
-    wakeups: PostgresWakeups | None
-    task: asyncio.Task[None] | None = None
-    upstreams: UpstreamWatcher | None = None
-
-    async def start(self) -> None:
-        """Begin delivering."""
-        self.timed_work.start()
-        if self.wakeups is not None:
-            await self.wakeups.listen(self.worker.wake)
-        self.task = asyncio.create_task(self.worker.run())
-
-    async def stop(self) -> None:
-        """Finish in-flight attempts within the grace period, release the rest, close."""
-        self.worker.stop()
-        await self.timed_work.stop()
-        if self.task is not None:
-            await self.task
-        await self.sender.aclose()
-        if self.upstreams is not None:
-            await self.upstreams.aclose()
-
-
-def build_runtime(
-    settings: Settings,
-    *,
-    sessions: SessionFactory,
-    catalog: Catalog,
-    clock: Clock,
-    resolve: Resolver = dns.resolve,
-    wakeups: PostgresWakeups | None = None,
-    registry: CollectorRegistry | None = None,
-) -> Runtime:
-    """Wire a worker and its scheduler for these settings."""
-    worker, sender, secret_box = _build_worker(
-        settings, sessions, catalog, clock, resolve, registry
-    )
-    watcher = UpstreamWatcher(
-        sessions=sessions,
-        client=new_upstream_client(),
-        catalog=catalog,
-        criteria_cache=CriteriaCache(),
-        secret_box=secret_box,
-        clock=clock,
-        resolve=resolve,
-        allowed_networks=settings.allowed_networks,
-        on_events=lambda: _wake(worker, wakeups),
-    )
-    timed_work = build_scheduler(
-        upstreams=watcher,
-        worker=worker,
-        sessions=sessions,
-        catalog=catalog,
-        clock=clock,
-        disable_after=settings.disable_after,
-        poll_seconds=settings.poll_seconds,
-    )
-    return Runtime(
-        worker=worker,
-        sender=sender,
-        timed_work=timed_work,
-        wakeups=wakeups,
-        upstreams=watcher,
-    )
-
-
-def _build_worker(
-    settings: Settings,
-    sessions: SessionFactory,
-    catalog: Catalog,
-    clock: Clock,
-    resolve: Resolver,
-    registry: CollectorRegistry | None,
-) -> tuple[Worker, Sender, SecretBox]:
-    """The worker, its sender, and the box that opens the stored secrets."""
-    assert settings.secret_key is not None
-    sender = Sender(
-        timeout=settings.delivery_timeout,
-        allowed_networks=settings.allowed_networks,
-        resolver=resolve,
-        max_connections=settings.worker_concurrency,
-        clock=clock,
-    )
-    context = AttemptContext(
-        catalog=catalog,
-        secret_box=SecretBox(settings.secret_key),
-        public_url=settings.public_url,
-        policy=RetryPolicy(settings.retry_schedule),
-        default_timeout=settings.delivery_timeout,
-    )
-    worker = Worker(
-        sessions=sessions,
-        sender=sender,
-        context=context,
-        clock=clock,
-        rng=random.Random(),
-        settings=WorkerSettings(
-            batch_size=settings.worker_batch_size,
-            concurrency=settings.worker_concurrency,
-            lease_seconds=settings.lease_seconds,
-            poll_seconds=settings.poll_seconds,
-            shutdown_grace_seconds=settings.delivery_timeout + 1,
-        ),
-        metrics=DeliveryMetrics(registry) if registry is not None else None,
-    )
-    return worker, sender, context.secret_box
-
-
-def _wake(worker: Worker, wakeups: PostgresWakeups | None) -> None:
-    """New events from an upstream: wake this worker, and the others through PostgreSQL."""
-    worker.wake()
-    if wakeups is not None:
-        wakeups.notify()
 
 
 def create_app(
@@ -316,22 +180,3 @@ def _is_plain_json(result: Any) -> bool:
             return False
         result = result[0]
     return type(result) in (dict, list)
-
-
-async def run_worker_process(settings: Settings, stop: Callable[[], Awaitable[None]]) -> None:
-    """`tidings worker`: deliver (and run the timed work) until `stop` returns."""
-    engine = make_engine(settings.database_url)
-    sessions = make_session_factory(engine)
-    wakeups = None if settings.is_sqlite else PostgresWakeups(settings.database_url)
-    catalog = load_catalog(settings.catalog_paths)
-    runtime = build_runtime(
-        settings, sessions=sessions, catalog=catalog, clock=utc_now, wakeups=wakeups
-    )
-    await runtime.start()
-    try:
-        await stop()
-    finally:
-        await runtime.stop()
-        if wakeups is not None:
-            await wakeups.close()
-        await engine.dispose()

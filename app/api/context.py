@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from itsdangerous import URLSafeSerializer
 from quart import current_app, g
 
 from app.api.principal_cache import PrincipalCache
 from app.api.rate_limit import KeyRateLimiter
+from app.domain.addresses import IPNetwork, Resolver
 from app.domain.catalog import Catalog
 from app.domain.errors import Forbidden, Problem, ValidationFailed
 from app.domain.matching import CriteriaCache
@@ -20,9 +20,6 @@ from app.domain.secrets import SecretBox
 from app.store.db import SessionFactory
 from app.store.endpoints import Scope
 from app.store.group_commit import EventCommitter
-
-Address = IPv4Address | IPv6Address
-Resolver = Callable[[str, int], Awaitable[Sequence[Address]]]
 
 
 @dataclass
@@ -38,7 +35,7 @@ class Services:
     clock: Callable[[], datetime]
     public_url: str
     require_https: bool
-    allowed_networks: tuple[IPv4Network | IPv6Network, ...]
+    allowed_networks: tuple[IPNetwork, ...]
     rate_limiter: KeyRateLimiter = field(default_factory=lambda: KeyRateLimiter(0))
     principal_cache: PrincipalCache = field(default_factory=lambda: PrincipalCache())
     wake_worker: Callable[[], None] = lambda: None

@@ -35,7 +35,7 @@ from yarl import URL
 import app
 from app.delivery import dns, transport
 from app.domain import retry
-from app.domain.addresses import IPNetwork
+from app.domain.addresses import IPNetwork, Resolver
 from app.domain.retry import AttemptError, AttemptOutcome
 
 EXCERPT_BYTES = 4096
@@ -79,7 +79,7 @@ class Sender:
         timeout: float = 5.0,
         allowed_networks: Sequence[IPNetwork] = (),
         user_agent: str = DEFAULT_USER_AGENT,
-        resolver: transport.HostResolver | None = None,
+        resolver: Resolver | None = None,
         max_connections: int = 100,
         clock: Clock | None = None,
     ) -> None:

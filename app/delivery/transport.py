@@ -15,15 +15,13 @@ connected to and there is no window for DNS rebinding:
 from __future__ import annotations
 
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from ipaddress import ip_address
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from app.domain import addresses
-from app.domain.addresses import IPAddress, IPNetwork
-
-HostResolver = Callable[[str, int], Awaitable[Sequence[IPAddress]]]
+from app.domain.addresses import IPAddress, IPNetwork, Resolver
 
 
 class RefusedAddressError(OSError):
@@ -33,7 +31,7 @@ class RefusedAddressError(OSError):
 class GuardedResolver(AbstractResolver):
     """An aiohttp resolver that only ever returns addresses the SSRF rule permits."""
 
-    def __init__(self, resolve: HostResolver, allowed: Sequence[IPNetwork]) -> None:
+    def __init__(self, resolve: Resolver, allowed: Sequence[IPNetwork]) -> None:
         self._resolve = resolve
         self._allowed = tuple(allowed)
 

@@ -12,7 +12,7 @@ the address actually connected to.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from ipaddress import (
     IPv4Address,
     IPv4Network,
@@ -23,6 +23,8 @@ from ipaddress import (
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
+# Resolves (host, port) to the addresses it names; the SSRF rule is applied to its answers.
+Resolver = Callable[[str, int], Awaitable[Sequence[IPAddress]]]
 
 METADATA_ADDRESSES: frozenset[IPAddress] = frozenset(
     {

@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 
 import httpx
 
-from app.domain.addresses import IPNetwork
+from app.domain.addresses import IPNetwork, Resolver
 from app.domain.catalog import Catalog
 from app.domain.matching import CriteriaCache
 from app.domain.models import Interaction
@@ -37,7 +37,6 @@ from app.ingest.fhir_push import PushedChange, parse_instant
 from app.ingest.upstream_auth import Authorizer, UpstreamError
 from app.ingest.upstream_config import (
     AuthKind,
-    Resolver,
     forbidden_address,
     format_instant,
     open_auth,

@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from urllib.parse import urlsplit
 
 from app.domain import addresses, endpoint_rules
-from app.domain.addresses import IPAddress, IPNetwork
+from app.domain.addresses import IPNetwork, Resolver
 from app.domain.errors import Problem, ValidationFailed
 from app.domain.secrets import SecretBox
 
-Resolver = Callable[[str, int], Awaitable[Sequence[IPAddress]]]
 DEFAULT_POLL_SECONDS = 30
 
 

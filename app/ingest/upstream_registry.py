@@ -6,11 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from app.domain.addresses import IPNetwork
+from app.domain.addresses import IPNetwork, Resolver
 from app.domain.errors import Problem, ValidationFailed
 from app.domain.secrets import SecretBox
 from app.ingest.upstream_config import (
-    Resolver,
     UpstreamAuth,
     checked_registration,
     format_instant,

@@ -21,7 +21,12 @@ from app.domain.models import DeliveryStatus, Endpoint, Event
 from app.domain.retry import AttemptOutcome
 from app.store import outbox
 from app.store.db import execute_core
-from app.store.endpoints import ENDPOINT_COLUMNS, to_endpoint
+from app.store.endpoints import (
+    ENDPOINT_COLUMNS,
+    NEWEST_SECRET_FIRST,
+    secret_is_live,
+    to_endpoint,
+)
 from app.store.subscriptions import SubscriptionFace, face_of
 from app.store.tables import AttemptRow, DeliveryRow, EndpointRow, EndpointSecret, EventRow
 from app.store.types import UTCDateTime
@@ -185,27 +190,22 @@ async def _load_claimed(
     (no ORM objects on the hot path), each event and endpoint of the batch once."""
     if not deliveries:
         return []
+    load = _load_statements()
     events = {
         row.id: outbox.to_event(row)
         for row in await _rows(
-            session,
-            sa.select(*_EVENT_COLUMNS).where(
-                col(EventRow.id).in_({d.event_id for d in deliveries})
-            ),
+            session, load.events, {"ids": list({d.event_id for d in deliveries})}
         )
     }
+    endpoint_ids = list({d.endpoint_id for d in deliveries})
     endpoint_rows = {
-        row.id: row
-        for row in await _rows(
-            session,
-            sa.select(*ENDPOINT_COLUMNS).where(
-                col(EndpointRow.id).in_({d.endpoint_id for d in deliveries})
-            ),
-        )
+        row.id: row for row in await _rows(session, load.endpoints, {"ids": endpoint_ids})
     }
     endpoints = {key: to_endpoint(row) for key, row in endpoint_rows.items()}
     faces = {key: face_of(row) for key, row in endpoint_rows.items()}
-    secrets = await _live_secrets(session, set(endpoint_rows), now)
+    secrets: dict[str, list[str]] = {}
+    for row in await _rows(session, load.secrets, {"ids": endpoint_ids, "now": now}):
+        secrets.setdefault(row.endpoint_id, []).append(row.secret)
     return [
         ClaimedDelivery(
             id=delivery.id,
@@ -223,26 +223,31 @@ async def _load_claimed(
     ]
 
 
+@dataclass(frozen=True)
+class _LoadStatements:
+    """The reads that complete a claim, by the ids of `:ids` (a list)."""
+
+    events: Any
+    endpoints: Any
+    secrets: Any  # the live ones at `:now`, newest first
+
+
+@functools.cache
+def _load_statements() -> _LoadStatements:
+    """Built once, like the claims (building them showed in the worker's profile, ~3 %)."""
+    wanted: Any = sa.bindparam("ids", expanding=True)
+    live = secret_is_live(sa.bindparam("now", type_=UTCDateTime()))
+    return _LoadStatements(
+        events=sa.select(*_EVENT_COLUMNS).where(col(EventRow.id).in_(wanted)),
+        endpoints=sa.select(*ENDPOINT_COLUMNS).where(col(EndpointRow.id).in_(wanted)),
+        secrets=sa.select(col(EndpointSecret.endpoint_id), col(EndpointSecret.secret))
+        .where(col(EndpointSecret.endpoint_id).in_(wanted), live)
+        .order_by(*NEWEST_SECRET_FIRST),
+    )
+
+
 async def _rows(session: AsyncSession, query: Any, parameters: Any = None) -> Sequence[Any]:
     return (await execute_core(session, query, parameters)).all()  # type: ignore[no-any-return]
-
-
-async def _live_secrets(
-    session: AsyncSession, endpoint_ids: set[str], now: datetime
-) -> dict[str, list[str]]:
-    rows = await _rows(
-        session,
-        sa.select(col(EndpointSecret.endpoint_id), col(EndpointSecret.secret))
-        .where(col(EndpointSecret.endpoint_id).in_(endpoint_ids))
-        .where(
-            sa.or_(col(EndpointSecret.expires_at).is_(None), col(EndpointSecret.expires_at) > now)
-        )
-        .order_by(col(EndpointSecret.created_at).desc(), col(EndpointSecret.id).desc()),
-    )
-    found: dict[str, list[str]] = {}
-    for row in rows:
-        found.setdefault(row.endpoint_id, []).append(row.secret)
-    return found
 
 
 async def record_attempts(session: AsyncSession, records: Sequence[AttemptRecord]) -> None:

@@ -177,17 +177,22 @@ async def delete_endpoint(session: AsyncSession, row: EndpointRow, now: datetime
     await endpoints_changed(session, row.organization_id)
 
 
+def secret_is_live(now: Any) -> Any:
+    """The condition on a secret that still signs at `now` (a moment or a bind parameter)."""
+    return sa.or_(col(EndpointSecret.expires_at).is_(None), col(EndpointSecret.expires_at) > now)
+
+
+NEWEST_SECRET_FIRST = (col(EndpointSecret.created_at).desc(), col(EndpointSecret.id).desc())
+
+
 async def select_live_secrets(
     session: AsyncSession, endpoint_id: str, now: datetime
 ) -> list[StoredSecret]:
     """The endpoint's secrets that still sign, newest first."""
     query = (
         select(EndpointSecret)
-        .where(EndpointSecret.endpoint_id == endpoint_id)
-        .where(
-            sa.or_(col(EndpointSecret.expires_at).is_(None), col(EndpointSecret.expires_at) > now)
-        )
-        .order_by(col(EndpointSecret.created_at).desc(), col(EndpointSecret.id).desc())
+        .where(EndpointSecret.endpoint_id == endpoint_id, secret_is_live(now))
+        .order_by(*NEWEST_SECRET_FIRST)
     )
     rows = (await session.exec(query)).all()
     return [StoredSecret(r.id, r.secret, r.created_at, r.expires_at) for r in rows]

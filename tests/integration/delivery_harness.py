@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from app.delivery.worker import Worker
-from app.factory import build_runtime
+from app.runtime import build_runtime
 from app.store.db import transaction
 from tests.integration.conftest import Api
 from tests.receivers import ScriptedReceiver, running_receiver

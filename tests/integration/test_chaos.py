@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from aiohttp import web
 
 from app.delivery.worker import Worker
-from app.factory import build_runtime
+from app.runtime import build_runtime
 from app.store.db import is_unavailable, make_engine, make_session_factory, transaction
 from tests.integration.conftest import Api
 

@@ -11,7 +11,8 @@ import pytest
 import standardwebhooks
 
 from app.delivery import notifications
-from app.factory import build_runtime, create_app
+from app.factory import create_app
+from app.runtime import build_runtime
 from tests.integration.conftest import Api, fake_resolve
 from tests.integration.delivery_harness import Delivering
 from tests.integration.fhir_helpers import (

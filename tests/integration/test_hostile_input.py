@@ -30,7 +30,8 @@ from schemathesis.python.asgi import shutdown_lifespans
 
 from app.config import Settings
 from app.domain.models import Role
-from app.factory import build_runtime, create_app
+from app.factory import create_app
+from app.runtime import build_runtime
 from app.store.admin import create_api_key
 from app.store.db import SessionFactory, transaction
 from tests.conftest import FakeClock

@@ -22,8 +22,8 @@ import pytest
 import sqlalchemy as sa
 
 from app.domain import secrets
-from app.factory import build_runtime
 from app.ingest import fhir_push
+from app.runtime import build_runtime
 from app.store.db import transaction
 from tests.conftest import SECRET_KEY
 from tests.integration.conftest import Api

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from app.factory import build_runtime
+from app.runtime import build_runtime
 from tests.integration.delivery_harness import Delivering
 
 pytestmark = pytest.mark.postgres
