@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import bisect
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from jsonschema import FormatChecker
 from jsonschema.exceptions import SchemaError
 from jsonschema.validators import Draft202012Validator, validator_for
 
@@ -294,7 +295,27 @@ def _extensions(value: Any) -> Iterator[ExtensionRule]:
 def _schema_validator(schema: dict[str, Any]) -> Any:
     cls = validator_for(schema, default=Draft202012Validator)
     cls.check_schema(schema)
-    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+    return cls(schema, format_checker=format_checker(cls.FORMAT_CHECKER))
+
+
+# rfc3339-validator's pattern ends in `$`, which also matches before a final line break.
+_RFC3339_FORMATS = ("date-time", "time")
+
+
+def format_checker(drafts: FormatChecker) -> FormatChecker:
+    """The draft's own format checks, except that `date-time` and `time` refuse a value that
+    ends in a line break (`"2026-01-01T00:00:00Z\n"`), which the draft's check lets through."""
+    checker = FormatChecker(formats=())
+    checker.checkers = dict(drafts.checkers)
+    for name in _RFC3339_FORMATS:
+        if name in checker.checkers:
+            check, raises = checker.checkers[name]
+            checker.checkers[name] = (_without_line_end(check), raises)
+    return checker
+
+
+def _without_line_end(check: Callable[[object], bool]) -> Callable[[object], bool]:
+    return lambda value: not (isinstance(value, str) and value.endswith("\n")) and check(value)
 
 
 def _fast_validator(schema: dict[str, Any] | None, validator: Any) -> FastValidator | None:

@@ -274,7 +274,13 @@ def test_focus_expression_over_published_data(shipped: Catalog) -> None:
                 {"id": "f1", "patient": "Patient/1", "status": "completed", "completed_at": bad},
                 ["/data/completed_at"],
             )
-            for bad in ["nope", "2025-06-01", "2025-06-01 12:00:00Z", "2025-06-31T12:00:00Z"]
+            for bad in [
+                "nope",
+                "2025-06-01",
+                "2025-06-01 12:00:00Z",
+                "2025-06-31T12:00:00Z",
+                "2025-06-01T12:00:00Z\n",  # the draft's own check lets a final line break through
+            ]
         ),
         (
             "user-delete-completed",

@@ -16,9 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
+from app.domain.catalog import format_checker
 from app.domain.schema_fast_path import fast_accepts, fast_validator_for
 
-CHECKER = Draft202012Validator.FORMAT_CHECKER  # the catalog's
+CHECKER = format_checker(Draft202012Validator.FORMAT_CHECKER)  # the catalog's
 
 _LEAP_SECOND = re.compile(r"^\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:60", re.ASCII)
 _YEAR_ZERO = re.compile(r"^0000-")
