@@ -15,6 +15,7 @@ INSERT, and for an INSERT ... RETURNING multi-row VALUES pages as SQLAlchemy's
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -59,7 +60,7 @@ class BulkInsert:
         page_rows = _page_rows(connection.dialect, len(self.columns))
         for start in range(0, len(parameters), page_rows):
             page = parameters[start : start + page_rows]
-            flat = tuple(value for row in page for value in row)
+            flat = tuple(itertools.chain.from_iterable(page))
             result = await connection.exec_driver_sql(compiled.text_for(len(page)), flat)
             returned += result.all()
         return returned
