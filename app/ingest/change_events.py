@@ -7,7 +7,7 @@ change pushed twice (same type, id, version and interaction) raises its events o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -39,9 +39,11 @@ def events_for_change(
     organization_id: str,
     account_id: str | None,
     occurred_at: datetime,
+    event_ids: Iterator[str],
 ) -> list[outbox.NewEvent]:
     """The events `change` raises, ready to store: one per event type of the catalog whose
-    trigger fires, each with its de-duplication key.
+    trigger fires, each with its de-duplication key. Their ids come from `event_ids` (made
+    ahead, together: `ids.new_ids`) while it lasts, then are made one by one.
 
     A change without a version id cannot be told apart from the next one, so it is never
     de-duplicated.
@@ -51,7 +53,7 @@ def events_for_change(
     new_events = []
     for event_type in catalog.types_for_change(change):
         event = Event(
-            id=ids.new_id("evt"),
+            id=next(event_ids, None) or ids.new_id("evt"),
             organization_id=organization_id,
             account_id=account_id,
             type=event_type.name,
@@ -101,6 +103,7 @@ async def ingest_changes(
 ) -> IngestResult:
     """Store the events of `changes` and their deliveries in the caller's transaction."""
     result = IngestResult(changes=len(changes))
+    event_ids = iter(ids.new_ids("evt", len(changes)))  # most changes raise one event
     items = [
         item
         for pushed, occurred_at in zip(changes, occurrence_times(changes, now), strict=True)
@@ -110,6 +113,7 @@ async def ingest_changes(
             organization_id=organization_id,
             account_id=account_id,
             occurred_at=occurred_at,
+            event_ids=event_ids,
         )
     ]
     stored = await outbox.insert_events_with_deliveries(

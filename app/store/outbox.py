@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import islice
 from typing import Any
 
 import sqlalchemy as sa
@@ -122,21 +123,23 @@ async def insert_events_with_deliveries(
             raise ValueError(f"unknown event type {item.event.type!r}")
     inserted = await _insert_event_rows(session, items, now)
     candidates: dict[tuple[str, str], Sequence[Endpoint]] = {}
-    stored: list[list[str] | None] = []
-    rows: list[tuple[Any, ...]] = []
+    counts: list[int | None] = []  # deliveries per item; None for a duplicate
+    unnamed: list[tuple[Any, ...]] = []
     for item in items:
         if item.event.id not in inserted:
-            stored.append(None)
+            counts.append(None)
             continue
         key = (item.event.organization_id, item.event.type)
         if key not in candidates:
             version = inserted[item.event.id]
             candidates[key] = await CANDIDATES.candidates_at(session, *key, version)
         new_rows = await _deliveries_for(session, item, candidates[key], criteria_cache, now)
-        stored.append([row[0] for row in new_rows])
-        rows += new_rows
+        counts.append(len(new_rows))
+        unnamed += new_rows
+    rows = _named(unnamed)
     await _INSERT_DELIVERIES.execute(session, rows)
-    return stored
+    delivery_ids = (row[0] for row in rows)
+    return [None if count is None else list(islice(delivery_ids, count)) for count in counts]
 
 
 async def _deliveries_for(
@@ -146,7 +149,7 @@ async def _deliveries_for(
     criteria_cache: matching.CriteriaCache,
     now: datetime,
 ) -> list[tuple[Any, ...]]:
-    """The delivery rows of one new event: the candidates that accept it."""
+    """The delivery rows (without ids) of one new event: the candidates that accept it."""
     event, focus = item.event, item.focus_resource
     accepting = matching.accepting_endpoints(candidates, event, focus, criteria_cache)
     endpoint_ids = [endpoint.id for endpoint in accepting]
@@ -169,7 +172,7 @@ async def insert_deliveries(
     A FHIR Subscription's delivery carries the event's number within that Subscription;
     `numbered=False` says the caller knows none of the endpoints is a Subscription.
     """
-    rows = await _delivery_rows(session, event, endpoint_ids, now, numbered=numbered)
+    rows = _named(await _delivery_rows(session, event, endpoint_ids, now, numbered=numbered))
     await _INSERT_DELIVERIES.execute(session, rows)
     return [row[0] for row in rows]
 
@@ -182,14 +185,13 @@ async def _delivery_rows(
     *,
     numbered: bool,
 ) -> list[tuple[Any, ...]]:
-    """Rows for `_INSERT_DELIVERIES`: pending, due now."""
+    """Rows for `_INSERT_DELIVERIES`, but for their ids (`_named`): pending, due now."""
     numbers = (
         await assign_event_numbers(session, event.id, event.type, endpoint_ids) if numbered else {}
     )
     event_id, organization_id = event.id, event.organization_id
     return [
         (
-            ids.new_id("dlv"),
             event_id,
             endpoint_id,
             organization_id,
@@ -204,6 +206,12 @@ async def _delivery_rows(
         )
         for endpoint_id in endpoint_ids
     ]
+
+
+def _named(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Delivery rows with their new ids first, made together (`ids.new_ids`)."""
+    new_ids = ids.new_ids("dlv", len(rows))
+    return [(delivery_id, *row) for delivery_id, row in zip(new_ids, rows, strict=True)]
 
 
 _PENDING = DeliveryStatus.PENDING.value

@@ -63,3 +63,20 @@ def test_the_body_matches_the_whole_number_for_random_parts() -> None:
         random_bits = rng.getrandbits(64)
         whole = ((millis * 62**3 + counter) * 62**11) + random_bits
         assert ids._body(millis, counter, random_bits) == ids._encode(whole, 22)
+
+
+def test_ids_made_together_are_new_ids_in_creation_order() -> None:
+    before = ids.new_id("dlv")
+    made = ids.new_ids("dlv", 5_000)
+    after = ids.new_id("dlv")
+    assert len(set(made)) == len(made)
+    assert [before, *made, after] == sorted([before, *made, after])
+    assert all(ids.looks_like_id(value, "dlv") and len(value) == 26 for value in made)
+    assert ids.new_ids("dlv", 0) == []
+
+
+def test_ids_made_together_carry_the_counter(monkeypatch: pytest.MonkeyPatch) -> None:
+    sequence = ids._Sequence()
+    monkeypatch.setattr(ids.time, "time", lambda: 1.0)
+    sequence.millis, sequence.counter = 1000, len(ids._ALPHABET) ** 3 - 2
+    assert sequence.take(3) == [(1000, len(ids._ALPHABET) ** 3 - 1), (1001, 0), (1001, 1)]
