@@ -3,7 +3,7 @@
 SQLAlchemy's executemany turns every row's dict into the driver's parameters a value at a
 time (`construct_params`, then each column's bind processor, in Python): for the event and
 delivery rows of a 500-change FHIR Bundle that was a fifth of the API's CPU. `BulkInsert`
-compiles its statement once per dialect with SQLAlchemy, so the text, the casts and the
+compiles its statement once per engine's dialect with SQLAlchemy, so the text, the casts and the
 RETURNING are the ones SQLAlchemy would send; takes rows as tuples in the order of its
 columns; converts the values of the columns whose type has a bind processor with that same
 processor, so the stored values are exactly those of `connection.execute(insert, dicts)`;
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,7 +45,9 @@ class BulkInsert:
     ) -> None:
         self._statement = statement
         self.columns = tuple(columns)
-        self._compiled: dict[str, _Compiled] = {}
+        # Per dialect object, not name: bind processors carry the engine's own settings
+        # (its `json_serializer`, for one).
+        self._compiled: weakref.WeakKeyDictionary[Dialect, _Compiled] = weakref.WeakKeyDictionary()
 
     async def execute(self, session: AsyncSession, rows: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Insert `rows` in the session's transaction; the rows RETURNING gave (else [])."""
@@ -66,12 +69,12 @@ class BulkInsert:
         return returned
 
     def _compiled_for(self, dialect: Dialect) -> _Compiled:
-        found = self._compiled.get(dialect.name)
+        found = self._compiled.get(dialect)
         if found is None:
             statement = self._statement
             if not isinstance(statement, sa.Insert):
                 statement = statement(dialect.name)
-            found = self._compiled[dialect.name] = _compile(statement, self.columns, dialect)
+            found = self._compiled[dialect] = _compile(statement, self.columns, dialect)
         return found
 
 

@@ -3,6 +3,7 @@ SQLAlchemy's own executemany of the same INSERT stores them, on SQLite and Postg
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
@@ -10,11 +11,18 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.store import endpoints as endpoint_store
 from app.store import outbox, tenants
-from app.store.db import SessionFactory, make_engine, make_session_factory, transaction
+from app.store.db import (
+    SessionFactory,
+    column_json,
+    make_engine,
+    make_session_factory,
+    transaction,
+)
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
 EVENT_COLUMNS = outbox._INSERT_EVENTS.columns
@@ -175,3 +183,22 @@ async def test_pages_of_returning_rows_skip_the_conflicts(store: Store) -> None:
         version = (await connection.exec_driver_sql(query)).scalar_one()
     expected = [(row["id"], version) for number, row in enumerate(rows) if number != 5]
     assert sorted(tuple(found) for found in returned) == expected
+
+
+async def test_each_engine_binds_with_its_own_settings(store: Store, database_url: str) -> None:
+    """Two engines of one dialect, two JSON serializers: each engine's rows carry its own."""
+    spaced = create_async_engine(database_url, json_serializer=lambda v: json.dumps(v, indent=1))
+    rows = [{**row, "idempotency_key": None} for row in event_rows()[:1]]
+    try:
+        async with transaction(store.sessions) as session:
+            await outbox._INSERT_EVENTS.execute(session, as_tuples(rows, EVENT_COLUMNS))
+        rows[0].update(id="evt_spaced", change_key="spaced")
+        async with transaction(make_session_factory(spaced)) as session:
+            await outbox._INSERT_EVENTS.execute(session, as_tuples(rows, EVENT_COLUMNS))
+            connection = await session.connection()
+            query = "SELECT id, CAST(data AS TEXT) FROM event ORDER BY id"
+            texts = dict((await connection.exec_driver_sql(query)).all())
+    finally:
+        await spaced.dispose()
+    assert texts["evt_spaced"] == json.dumps(rows[0]["data"], indent=1)
+    assert texts[event_rows()[0]["id"]] == column_json(rows[0]["data"])
