@@ -7,7 +7,7 @@ change pushed twice (same type, id, version and interaction) raises its events o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -21,14 +21,6 @@ from app.ingest.fhir_push import PushedChange
 from app.store import outbox
 
 SOURCE = "fhir-push"
-
-
-@dataclass(frozen=True)
-class ChangeEvent:
-    """An event a change raised, with its de-duplication key."""
-
-    event: Event
-    change_key: str | None
 
 
 @dataclass
@@ -47,30 +39,32 @@ def events_for_change(
     organization_id: str,
     account_id: str | None,
     occurred_at: datetime,
-) -> list[ChangeEvent]:
-    """The events `change` raises: one per event type of the catalog whose trigger fires.
+    event_ids: Iterator[str],
+) -> list[outbox.NewEvent]:
+    """The events `change` raises, ready to store: one per event type of the catalog whose
+    trigger fires, each with its de-duplication key. Their ids come from `event_ids` (made
+    ahead, together: `ids.new_ids`) while it lasts, then are made one by one.
 
     A change without a version id cannot be told apart from the next one, so it is never
     de-duplicated.
     """
     data = event_data(change)
     dedup_key = change.dedup_key if change.version_id else None
-    return [
-        ChangeEvent(
-            Event(
-                id=ids.new_id("evt"),
-                organization_id=organization_id,
-                account_id=account_id,
-                type=event_type.name,
-                occurred_at=occurred_at,
-                data=data,
-                focus=event_type.focus_for_change(change),
-                source=SOURCE,
-            ),
-            f"{event_type.name}:{dedup_key}" if dedup_key is not None else None,
+    new_events = []
+    for event_type in catalog.types_for_change(change):
+        event = Event(
+            id=next(event_ids, None) or ids.new_id("evt"),
+            organization_id=organization_id,
+            account_id=account_id,
+            type=event_type.name,
+            occurred_at=occurred_at,
+            data=data,
+            focus=event_type.focus_for_change(change),
+            source=SOURCE,
         )
-        for event_type in catalog.types_for_change(change)
-    ]
+        change_key = f"{event_type.name}:{dedup_key}" if dedup_key is not None else None
+        new_events.append(outbox.NewEvent(event, outbox.focus_resource_of(event), change_key))
+    return new_events
 
 
 def event_data(change: ResourceChange) -> JSONObject:
@@ -109,8 +103,9 @@ async def ingest_changes(
 ) -> IngestResult:
     """Store the events of `changes` and their deliveries in the caller's transaction."""
     result = IngestResult(changes=len(changes))
+    event_ids = iter(ids.new_ids("evt", len(changes)))  # most changes raise one event
     items = [
-        outbox.NewEvent(item.event, outbox.focus_resource_of(item.event), item.change_key)
+        item
         for pushed, occurred_at in zip(changes, occurrence_times(changes, now), strict=True)
         for item in events_for_change(
             pushed.change,
@@ -118,6 +113,7 @@ async def ingest_changes(
             organization_id=organization_id,
             account_id=account_id,
             occurred_at=occurred_at,
+            event_ids=event_ids,
         )
     ]
     stored = await outbox.insert_events_with_deliveries(

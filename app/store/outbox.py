@@ -13,10 +13,10 @@ the same key cannot both store an event, on PostgreSQL as on SQLite.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import islice
 from typing import Any
 
 import sqlalchemy as sa
@@ -28,8 +28,8 @@ from app.domain import ids, matching
 from app.domain.catalog import Catalog
 from app.domain.models import DeliveryStatus, Endpoint, Event, JSONObject
 from app.fhir.resource_types import is_resource_type
+from app.store.bulk_insert import BulkInsert
 from app.store.candidates import CANDIDATES, endpoints_version_of
-from app.store.db import execute_core
 from app.store.endpoints import Scope
 from app.store.event_numbers import assign_event_numbers
 from app.store.subscription_filters import keep_fhirpath_matches
@@ -123,22 +123,23 @@ async def insert_events_with_deliveries(
             raise ValueError(f"unknown event type {item.event.type!r}")
     inserted = await _insert_event_rows(session, items, now)
     candidates: dict[tuple[str, str], Sequence[Endpoint]] = {}
-    stored: list[list[str] | None] = []
-    rows: list[dict[str, Any]] = []
+    counts: list[int | None] = []  # deliveries per item; None for a duplicate
+    unnamed: list[tuple[Any, ...]] = []
     for item in items:
         if item.event.id not in inserted:
-            stored.append(None)
+            counts.append(None)
             continue
         key = (item.event.organization_id, item.event.type)
         if key not in candidates:
             version = inserted[item.event.id]
             candidates[key] = await CANDIDATES.candidates_at(session, *key, version)
         new_rows = await _deliveries_for(session, item, candidates[key], criteria_cache, now)
-        stored.append([row["id"] for row in new_rows])
-        rows += new_rows
-    if rows:
-        await execute_core(session, sa.insert(_delivery), rows)
-    return stored
+        counts.append(len(new_rows))
+        unnamed += new_rows
+    rows = _named(unnamed)
+    await _INSERT_DELIVERIES.execute(session, rows)
+    delivery_ids = (row[0] for row in rows)
+    return [None if count is None else list(islice(delivery_ids, count)) for count in counts]
 
 
 async def _deliveries_for(
@@ -147,8 +148,8 @@ async def _deliveries_for(
     candidates: Sequence[Endpoint],
     criteria_cache: matching.CriteriaCache,
     now: datetime,
-) -> list[dict[str, Any]]:
-    """The delivery rows of one new event: the candidates that accept it."""
+) -> list[tuple[Any, ...]]:
+    """The delivery rows (without ids) of one new event: the candidates that accept it."""
     event, focus = item.event, item.focus_resource
     accepting = matching.accepting_endpoints(candidates, event, focus, criteria_cache)
     endpoint_ids = [endpoint.id for endpoint in accepting]
@@ -171,10 +172,9 @@ async def insert_deliveries(
     A FHIR Subscription's delivery carries the event's number within that Subscription;
     `numbered=False` says the caller knows none of the endpoints is a Subscription.
     """
-    rows = await _delivery_rows(session, event, endpoint_ids, now, numbered=numbered)
-    if rows:
-        await execute_core(session, sa.insert(_delivery), rows)
-    return [row["id"] for row in rows]
+    rows = _named(await _delivery_rows(session, event, endpoint_ids, now, numbered=numbered))
+    await _INSERT_DELIVERIES.execute(session, rows)
+    return [row[0] for row in rows]
 
 
 async def _delivery_rows(
@@ -184,25 +184,55 @@ async def _delivery_rows(
     now: datetime,
     *,
     numbered: bool,
-) -> list[dict[str, Any]]:
+) -> list[tuple[Any, ...]]:
+    """Rows for `_INSERT_DELIVERIES`, but for their ids (`_named`): pending, due now."""
     numbers = (
         await assign_event_numbers(session, event.id, event.type, endpoint_ids) if numbered else {}
     )
+    event_id, organization_id = event.id, event.organization_id
     return [
-        {
-            "id": ids.new_id("dlv"),
-            "event_id": event.id,
-            "endpoint_id": endpoint_id,
-            "organization_id": event.organization_id,
-            "status": DeliveryStatus.PENDING.value,
-            "attempt_count": 0,
-            "next_attempt_at": now,
-            "created_at": now,
-            "updated_at": now,
-            "event_number": numbers.get(endpoint_id),
-        }
+        (
+            event_id,
+            endpoint_id,
+            organization_id,
+            _PENDING,
+            0,
+            now,
+            None,
+            now,
+            now,
+            numbers.get(endpoint_id),
+            _SCHEDULED,
+        )
         for endpoint_id in endpoint_ids
     ]
+
+
+def _named(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Delivery rows with their new ids first, made together (`ids.new_ids`)."""
+    new_ids = ids.new_ids("dlv", len(rows))
+    return [(delivery_id, *row) for delivery_id, row in zip(new_ids, rows, strict=True)]
+
+
+_PENDING = DeliveryStatus.PENDING.value
+_SCHEDULED = "scheduled"  # what queued the first attempt (see `DeliveryRow.next_trigger`)
+_INSERT_DELIVERIES = BulkInsert(
+    sa.insert(_delivery),
+    (
+        "id",
+        "event_id",
+        "endpoint_id",
+        "organization_id",
+        "status",
+        "attempt_count",
+        "next_attempt_at",
+        "lease_expires_at",
+        "created_at",
+        "updated_at",
+        "event_number",
+        "next_trigger",
+    ),
+)
 
 
 async def _insert_event_rows(
@@ -211,19 +241,15 @@ async def _insert_event_rows(
     """Insert the events whose keys are free; the ids actually inserted, each with its
     organization's `endpoints_version` as this transaction sees it (for matching).
 
-    One statement, run as a batch: SQLAlchemy pages it into multi-row INSERTs itself
-    ("insertmanyvalues") and the compiled statement is cached, where one `.values(rows)`
-    statement per call would be compiled anew every time.
+    One statement, in pages of multi-row INSERTs (`BulkInsert`).
     """
     if not items:
         return {}
-    statement = _insert_events_statement(session.get_bind().dialect.name)
-    result = await execute_core(session, statement, [_event_row(item, now) for item in items])
-    return {event_id: version for event_id, version in result.all()}
+    inserted = await _INSERT_EVENTS.execute(session, [_event_row(item, now) for item in items])
+    return {event_id: version for event_id, version in inserted}
 
 
-@functools.cache
-def _insert_events_statement(dialect: str) -> Any:
+def _insert_events_statement(dialect: str) -> sa.Insert:
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     return (
         insert(_event)
@@ -232,21 +258,39 @@ def _insert_events_statement(dialect: str) -> Any:
     )
 
 
-def _event_row(item: NewEvent, now: datetime) -> dict[str, Any]:
+_INSERT_EVENTS = BulkInsert(
+    _insert_events_statement,
+    (
+        "id",
+        "organization_id",
+        "account_id",
+        "type",
+        "occurred_at",
+        "received_at",
+        "focus",
+        "data",
+        "source",
+        "idempotency_key",
+        "change_key",
+    ),
+)
+
+
+def _event_row(item: NewEvent, now: datetime) -> tuple[Any, ...]:
     event = item.event
-    return {
-        "id": event.id,
-        "organization_id": event.organization_id,
-        "account_id": event.account_id,
-        "type": event.type,
-        "occurred_at": event.occurred_at,
-        "received_at": now,
-        "focus": event.focus,
-        "data": event.data,
-        "source": event.source,
-        "idempotency_key": event.idempotency_key,
-        "change_key": item.change_key,
-    }
+    return (
+        event.id,
+        event.organization_id,
+        event.account_id,
+        event.type,
+        event.occurred_at,
+        now,
+        event.focus,
+        event.data,
+        event.source,
+        event.idempotency_key,
+        item.change_key,
+    )
 
 
 async def first_event_id(session: AsyncSession, event: Event, change_key: str | None) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from app.domain import ids
@@ -34,3 +36,47 @@ def test_encoding_is_base62_with_leading_zeros(number: int) -> None:
     encoded = ids._encode(number, 22)
     assert len(encoded) == 22
     assert sum(ids._ALPHABET.index(c) * 62**i for i, c in enumerate(reversed(encoded))) == number
+
+
+@pytest.mark.parametrize(
+    ("millis", "counter", "random_bits"),
+    [
+        (0, 0, 0),
+        (1, 1, 1),
+        (1_764_745_123_456, 0, 2**64 - 1),
+        (1_764_745_123_456, 62**3 - 1, 62**10),
+        (62**8 - 1, 3844, 62**10 - 1),
+        (62**8 + 5, 61, 2**63),  # past 8 digits of time: only the lowest 8 are kept
+    ],
+)
+def test_the_body_is_the_22_digits_of_the_whole_number(
+    millis: int, counter: int, random_bits: int
+) -> None:
+    whole = ((millis * 62**3 + counter) * 62**11) + random_bits
+    assert ids._body(millis, counter, random_bits) == ids._encode(whole, 22)
+
+
+def test_the_body_matches_the_whole_number_for_random_parts() -> None:
+    rng = random.Random(7)
+    for _ in range(5_000):
+        millis, counter = rng.randrange(62**9), rng.randrange(62**3)
+        random_bits = rng.getrandbits(64)
+        whole = ((millis * 62**3 + counter) * 62**11) + random_bits
+        assert ids._body(millis, counter, random_bits) == ids._encode(whole, 22)
+
+
+def test_ids_made_together_are_new_ids_in_creation_order() -> None:
+    before = ids.new_id("dlv")
+    made = ids.new_ids("dlv", 5_000)
+    after = ids.new_id("dlv")
+    assert len(set(made)) == len(made)
+    assert [before, *made, after] == sorted([before, *made, after])
+    assert all(ids.looks_like_id(value, "dlv") and len(value) == 26 for value in made)
+    assert ids.new_ids("dlv", 0) == []
+
+
+def test_ids_made_together_carry_the_counter(monkeypatch: pytest.MonkeyPatch) -> None:
+    sequence = ids._Sequence()
+    monkeypatch.setattr(ids.time, "time", lambda: 1.0)
+    sequence.millis, sequence.counter = 1000, len(ids._ALPHABET) ** 3 - 2
+    assert sequence.take(3) == [(1000, len(ids._ALPHABET) ** 3 - 1), (1001, 0), (1001, 1)]

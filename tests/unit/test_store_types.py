@@ -7,10 +7,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import hypothesis.strategies as st
 import pytest
+from hypothesis import example, given
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 
+from app.store import types
 from app.store.types import UTCDateTime
 
 MOMENT = datetime(2026, 11, 23, 12, 30, 45, 123456, tzinfo=UTC)
@@ -43,6 +46,33 @@ def test_sqlite_stores_naive_utc_text() -> None:
     process = bind_processor(sqlite.aiosqlite.dialect())
     assert process(MOMENT) == "2026-11-23 12:30:45.123456"
     assert process(MOMENT.astimezone(timezone(timedelta(hours=-5)))) == "2026-11-23 12:30:45.123456"
+
+
+def test_sqlite_takes_the_isoformat_path() -> None:
+    utc_datetime = UTCDateTime().impl_instance
+    assert types._stores_default_sqlite_text(utc_datetime, sqlite.aiosqlite.dialect())
+    assert not types._stores_default_sqlite_text(utc_datetime, postgresql.asyncpg.dialect())
+
+
+@given(
+    moment=st.datetimes(
+        timezones=st.builds(timezone, st.timedeltas(timedelta(hours=-23), timedelta(hours=23))),
+        allow_imaginary=False,
+    )
+)
+@example(moment=datetime(1, 1, 1, tzinfo=UTC))
+@example(moment=datetime(999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC))
+@example(moment=datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC))
+@example(moment=MOMENT.replace(microsecond=0))
+def test_sqlite_text_is_sqlalchemys_own(moment: datetime) -> None:
+    dialect = sqlite.aiosqlite.dialect()
+    try:
+        naive = UTCDateTime().process_bind_param(moment, dialect)
+    except OverflowError:  # before year 1 or after 9999 in UTC: no way stores it
+        return
+    expected = sqlite.DATETIME().bind_processor(dialect)(naive)
+    assert types._sqlite_text(moment) == expected
+    assert bind_processor(dialect)(moment) == expected
 
 
 def test_naive_datetimes_are_refused() -> None:

@@ -1,0 +1,204 @@
+"""Rows the outbox hands to the driver as tuples (`BulkInsert`) are stored exactly as
+SQLAlchemy's own executemany of the same INSERT stores them, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.store import endpoints as endpoint_store
+from app.store import outbox, tenants
+from app.store.db import (
+    SessionFactory,
+    column_json,
+    make_engine,
+    make_session_factory,
+    transaction,
+)
+
+NOW = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+EVENT_COLUMNS = outbox._INSERT_EVENTS.columns
+DELIVERY_COLUMNS = outbox._INSERT_DELIVERIES.columns
+
+# Event values worth comparing: times with and without microseconds, in another zone, in
+# year 1; empty and absent texts; JSON of every kind, with integers orjson refuses.
+EVENT_VALUES: list[dict[str, Any]] = [
+    {
+        "account_id": None,
+        "occurred_at": NOW,
+        "focus": "Encounter/enc-1",
+        "data": {"resourceType": "Encounter", "id": "enc-1", "n": [1, 1.5, -0.0, 1e300, None]},
+        "source": "fhir-push",
+        "idempotency_key": None,
+    },
+    {
+        "account_id": "acc-1",
+        "occurred_at": datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=5.5))),
+        "focus": None,
+        "data": {"text": 'Zoë 李 🎉 \u2028 "quoted" \\', "big": 2**70, "empty": {}},
+        "source": None,
+        "idempotency_key": "key-1",
+    },
+    {
+        "account_id": "",
+        "occurred_at": datetime(1, 1, 1, 0, 0, 0, 1, tzinfo=UTC),
+        "focus": "",
+        "data": {"list": [[], [{}]], "negative": -(2**65), "float": 0.1},
+        "source": "",
+        "idempotency_key": "",
+    },
+]
+
+
+@dataclass
+class Store:
+    sessions: SessionFactory
+    endpoint_id: str
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    engine = make_engine(database_url)
+    sessions = make_session_factory(engine)
+    async with transaction(sessions) as session:
+        await tenants.ensure_organization(session, "acme", NOW)
+        values = {
+            "organization_id": "acme",
+            "url": "http://127.0.0.1:9/hooks",
+            "event_types": ["*"],
+            "headers": {},
+            "metadata_": {},
+        }
+        endpoint = await endpoint_store.insert_endpoint(session, values, "ciphertext", NOW)
+    yield Store(sessions, endpoint.id)
+    await engine.dispose()
+
+
+def event_rows() -> list[dict[str, Any]]:
+    return [
+        {
+            "id": f"evt_{number:020d}",
+            "organization_id": "acme",
+            "type": "encounter.updated",
+            "received_at": NOW,
+            "change_key": f"encounter.updated:Encounter/enc-{number}/_history/1#update",
+            **values,
+        }
+        for number, values in enumerate(EVENT_VALUES)
+    ]
+
+
+async def stored_then_undone(
+    store: Store, insert: Callable[[AsyncSession], Awaitable[None]]
+) -> dict[str, list[Any]]:
+    """What `insert` stores, as the text the database holds (events and deliveries); then
+    rolled back, so the other way of inserting can store the very same rows."""
+    async with store.sessions() as session, session.begin():
+        await insert(session)
+        connection = await session.connection()
+        found = {}
+        for table, columns in (("event", EVENT_COLUMNS), ("delivery", DELIVERY_COLUMNS)):
+            shown = ", ".join(f"CAST({name} AS TEXT)" for name in columns)
+            query = f"SELECT {shown} FROM {table} ORDER BY id"
+            found[table] = [tuple(row) for row in (await connection.exec_driver_sql(query))]
+        await session.rollback()
+    return found
+
+
+def as_tuples(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> list[tuple[Any, ...]]:
+    return [tuple(row[name] for name in columns) for row in rows]
+
+
+async def test_events_are_stored_as_sqlalchemy_stores_them(store: Store) -> None:
+    async def by_core(session: AsyncSession) -> None:
+        connection = await session.connection()
+        statement = outbox._insert_events_statement(connection.dialect.name)
+        await connection.execute(statement, event_rows())
+
+    async def by_bulk(session: AsyncSession) -> None:
+        returned = await outbox._INSERT_EVENTS.execute(
+            session, as_tuples(event_rows(), EVENT_COLUMNS)
+        )
+        assert sorted(event_id for event_id, _ in returned) == [r["id"] for r in event_rows()]
+
+    expected = await stored_then_undone(store, by_core)
+    assert len(expected["event"]) == len(EVENT_VALUES)
+    assert await stored_then_undone(store, by_bulk) == expected
+
+
+async def test_deliveries_are_stored_as_sqlalchemy_stores_them(store: Store) -> None:
+    event_id = event_rows()[0]["id"]
+    names = DELIVERY_COLUMNS[1:]
+    rows = [
+        (event_id, store.endpoint_id, "acme", "pending", 0, NOW, None, NOW, NOW, None, "scheduled"),
+        (event_id, store.endpoint_id, "acme", "failed", 3, None, NOW, NOW, NOW, 7, "manual"),
+    ]
+
+    async def by_core(session: AsyncSession) -> None:
+        await outbox._INSERT_EVENTS.execute(session, as_tuples(event_rows(), EVENT_COLUMNS))
+        connection = await session.connection()
+        await connection.execute(
+            sa.insert(outbox._delivery),
+            [
+                {"id": f"dlv_{n:020d}", **dict(zip(names, row, strict=True))}
+                for n, row in enumerate(rows)
+            ],
+        )
+
+    async def by_bulk(session: AsyncSession) -> None:
+        await outbox._INSERT_EVENTS.execute(session, as_tuples(event_rows(), EVENT_COLUMNS))
+        await outbox._INSERT_DELIVERIES.execute(
+            session, [(f"dlv_{n:020d}", *row) for n, row in enumerate(rows)]
+        )
+
+    expected = await stored_then_undone(store, by_core)
+    assert len(expected["delivery"]) == len(rows)
+    assert await stored_then_undone(store, by_bulk) == expected
+
+
+async def test_pages_of_returning_rows_skip_the_conflicts(store: Store) -> None:
+    rows = [
+        {**event_rows()[n % 3], "id": f"evt_{n:020d}", "idempotency_key": None} for n in range(7)
+    ]
+    for number, row in enumerate(rows):
+        row["change_key"] = f"change-{number}"
+    rows[5]["change_key"] = rows[1]["change_key"]  # the same change twice: not stored again
+    async with transaction(store.sessions) as session:
+        dialect = (await session.connection()).dialect
+        dialect.insertmanyvalues_page_size = 2
+        try:
+            returned = await outbox._INSERT_EVENTS.execute(session, as_tuples(rows, EVENT_COLUMNS))
+        finally:
+            dialect.insertmanyvalues_page_size = 1000
+        connection = await session.connection()
+        query = "SELECT endpoints_version FROM organization"
+        version = (await connection.exec_driver_sql(query)).scalar_one()
+    expected = [(row["id"], version) for number, row in enumerate(rows) if number != 5]
+    assert sorted(tuple(found) for found in returned) == expected
+
+
+async def test_each_engine_binds_with_its_own_settings(store: Store, database_url: str) -> None:
+    """Two engines of one dialect, two JSON serializers: each engine's rows carry its own."""
+    spaced = create_async_engine(database_url, json_serializer=lambda v: json.dumps(v, indent=1))
+    rows = [{**row, "idempotency_key": None} for row in event_rows()[:1]]
+    try:
+        async with transaction(store.sessions) as session:
+            await outbox._INSERT_EVENTS.execute(session, as_tuples(rows, EVENT_COLUMNS))
+        rows[0].update(id="evt_spaced", change_key="spaced")
+        async with transaction(make_session_factory(spaced)) as session:
+            await outbox._INSERT_EVENTS.execute(session, as_tuples(rows, EVENT_COLUMNS))
+            connection = await session.connection()
+            query = "SELECT id, CAST(data AS TEXT) FROM event ORDER BY id"
+            texts = dict((await connection.exec_driver_sql(query)).all())
+    finally:
+        await spaced.dispose()
+    assert texts["evt_spaced"] == json.dumps(rows[0]["data"], indent=1)
+    assert texts[event_rows()[0]["id"]] == column_json(rows[0]["data"])
