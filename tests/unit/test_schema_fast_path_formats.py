@@ -23,12 +23,18 @@ CHECKER = format_checker(Draft202012Validator.FORMAT_CHECKER)  # the catalog's
 
 _LEAP_SECOND = re.compile(r"^\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:60", re.ASCII)
 _YEAR_ZERO = re.compile(r"^0000-")
+_ONE_DIGIT_SECOND_EMPTY_FRACTION = re.compile(r"^\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\.(?!\d)", re.ASCII)
 
 # Where jsonschema-rs's own checks accept what Python refuses, found with these generators.
 RS_LOOSER: dict[str, Callable[[str], bool]] = {
     # rfc3339-validator refuses every second 60 and the year 0000; jsonschema-rs accepts a leap
-    # second at 23:59:60 UTC (on any date) and the year 0000.
-    "date-time": lambda text: bool(_LEAP_SECOND.match(text) or _YEAR_ZERO.match(text)),
+    # second at 23:59:60 UTC (on any date), the year 0000, and a one-digit second followed by
+    # an empty fraction (`00:00:1.Z`).
+    "date-time": lambda text: bool(
+        _LEAP_SECOND.match(text)
+        or _YEAR_ZERO.match(text)
+        or _ONE_DIGIT_SECOND_EMPTY_FRACTION.match(text)
+    ),
     # date.fromisoformat has no year 0; jsonschema-rs accepts 0000-01-01.
     "date": lambda text: bool(_YEAR_ZERO.match(text)),
 }
@@ -37,6 +43,8 @@ RS_LOOSER_EXAMPLES = [
     ("date-time", "2025-06-01t23:59:60z"),
     ("date-time", "2025-06-30T23:59:60+00:00"),
     ("date-time", "0000-01-01T00:00:00Z"),
+    ("date-time", "2000-01-01T00:00:1.Z"),
+    ("date-time", "2000-01-01T00:00:1.+01:00"),
     ("date", "0000-01-01"),
 ]
 
