@@ -20,6 +20,7 @@ from app.domain import ids
 from app.domain.models import DeliveryStatus, Endpoint, Event
 from app.domain.retry import AttemptOutcome
 from app.store import outbox
+from app.store.bulk_insert import BulkInsert
 from app.store.db import execute_core
 from app.store.endpoints import (
     ENDPOINT_COLUMNS,
@@ -32,6 +33,7 @@ from app.store.tables import AttemptRow, DeliveryRow, EndpointRow, EndpointSecre
 from app.store.types import UTCDateTime
 
 _delivery: sa.Table = DeliveryRow.__table__  # type: ignore[attr-defined]
+_attempt: sa.Table = AttemptRow.__table__  # type: ignore[attr-defined]
 # What a claim reads back of each delivery it leased.
 _CLAIMED_COLUMNS = tuple(
     _delivery.c[name]
@@ -259,7 +261,10 @@ async def record_attempts(session: AsyncSession, records: Sequence[AttemptRecord
     """
     if not records:
         return
-    await execute_core(session, sa.insert(AttemptRow), [_attempt_row(r) for r in records])
+    attempt_ids = ids.new_ids("att", len(records))
+    await _INSERT_ATTEMPTS.execute(
+        session, [_attempt_row(i, r) for i, r in zip(attempt_ids, records, strict=True)]
+    )
     await execute_core(
         session,
         sa.update(_delivery)
@@ -288,19 +293,36 @@ async def record_attempts(session: AsyncSession, records: Sequence[AttemptRecord
     )
 
 
-def _attempt_row(record: AttemptRecord) -> dict[str, Any]:
+_INSERT_ATTEMPTS = BulkInsert(
+    sa.insert(_attempt),
+    (
+        "id",
+        "delivery_id",
+        "endpoint_id",
+        "attempted_at",
+        "duration_ms",
+        "status_code",
+        "error_kind",
+        "response_excerpt",
+        "trigger",
+    ),
+)
+
+
+def _attempt_row(attempt_id: str, record: AttemptRecord) -> tuple[Any, ...]:
+    """The row of `_INSERT_ATTEMPTS` for one attempt."""
     outcome = record.outcome
-    return {
-        "id": ids.new_id("att"),
-        "delivery_id": record.delivery_id,
-        "endpoint_id": record.endpoint_id,
-        "attempted_at": record.attempted_at,
-        "duration_ms": outcome.duration_ms,
-        "status_code": outcome.status,
-        "error_kind": outcome.error.value if outcome.error else None,
-        "response_excerpt": outcome.response_excerpt,
-        "trigger": record.trigger,
-    }
+    return (
+        attempt_id,
+        record.delivery_id,
+        record.endpoint_id,
+        record.attempted_at,
+        outcome.duration_ms,
+        outcome.status,
+        outcome.error.value if outcome.error else None,
+        outcome.response_excerpt,
+        record.trigger,
+    )
 
 
 async def release_deliveries(

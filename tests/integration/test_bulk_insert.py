@@ -1,4 +1,4 @@
-"""Rows the outbox hands to the driver as tuples (`BulkInsert`) are stored exactly as
+"""Rows the outbox and the queue hand to the driver as tuples (`BulkInsert`) are stored exactly as
 SQLAlchemy's own executemany of the same INSERT stores them, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.store import deliveries as queue
 from app.store import endpoints as endpoint_store
 from app.store import outbox, tenants
 from app.store.db import (
@@ -27,6 +28,7 @@ from app.store.db import (
 NOW = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
 EVENT_COLUMNS = outbox._INSERT_EVENTS.columns
 DELIVERY_COLUMNS = outbox._INSERT_DELIVERIES.columns
+ATTEMPT_COLUMNS = queue._INSERT_ATTEMPTS.columns
 
 # Event values worth comparing: times with and without microseconds, in another zone, in
 # year 1; empty and absent texts; JSON of every kind, with integers orjson refuses.
@@ -99,13 +101,17 @@ def event_rows() -> list[dict[str, Any]]:
 async def stored_then_undone(
     store: Store, insert: Callable[[AsyncSession], Awaitable[None]]
 ) -> dict[str, list[Any]]:
-    """What `insert` stores, as the text the database holds (events and deliveries); then
+    """What `insert` stores, as the text the database holds (events, deliveries, attempts); then
     rolled back, so the other way of inserting can store the very same rows."""
     async with store.sessions() as session, session.begin():
         await insert(session)
         connection = await session.connection()
         found = {}
-        for table, columns in (("event", EVENT_COLUMNS), ("delivery", DELIVERY_COLUMNS)):
+        for table, columns in (
+            ("event", EVENT_COLUMNS),
+            ("delivery", DELIVERY_COLUMNS),
+            ("attempt", ATTEMPT_COLUMNS),
+        ):
             shown = ", ".join(f"CAST({name} AS TEXT)" for name in columns)
             query = f"SELECT {shown} FROM {table} ORDER BY id"
             found[table] = [tuple(row) for row in (await connection.exec_driver_sql(query))]
@@ -161,6 +167,42 @@ async def test_deliveries_are_stored_as_sqlalchemy_stores_them(store: Store) -> 
 
     expected = await stored_then_undone(store, by_core)
     assert len(expected["delivery"]) == len(rows)
+    assert await stored_then_undone(store, by_bulk) == expected
+
+
+async def test_attempts_are_stored_as_sqlalchemy_stores_them(store: Store) -> None:
+    event_id = event_rows()[0]["id"]
+    delivery = ("dlv_0", event_id, store.endpoint_id, "acme", "pending", 0, NOW, None, NOW, NOW)
+    names = ATTEMPT_COLUMNS[1:]
+    rows = [
+        ("dlv_0", store.endpoint_id, NOW, 12, 200, None, "ok", "scheduled"),
+        ("dlv_0", store.endpoint_id, NOW + timedelta(seconds=1), 0, None, "timeout", "", "manual"),
+        ("dlv_0", store.endpoint_id, NOW, 5, 500, None, 'Zoë 李 🎉 "x" \\', "replay"),
+    ]
+
+    async def queued(session: AsyncSession) -> None:
+        await outbox._INSERT_EVENTS.execute(session, as_tuples(event_rows(), EVENT_COLUMNS))
+        await outbox._INSERT_DELIVERIES.execute(session, [(*delivery, None, "scheduled")])
+
+    async def by_core(session: AsyncSession) -> None:
+        await queued(session)
+        connection = await session.connection()
+        await connection.execute(
+            sa.insert(queue._attempt),
+            [
+                {"id": f"att_{n:020d}", **dict(zip(names, row, strict=True))}
+                for n, row in enumerate(rows)
+            ],
+        )
+
+    async def by_bulk(session: AsyncSession) -> None:
+        await queued(session)
+        await queue._INSERT_ATTEMPTS.execute(
+            session, [(f"att_{n:020d}", *row) for n, row in enumerate(rows)]
+        )
+
+    expected = await stored_then_undone(store, by_core)
+    assert len(expected["attempt"]) == len(rows)
     assert await stored_then_undone(store, by_bulk) == expected
 
 
