@@ -17,6 +17,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.store import deliveries as queue
 from app.store import endpoints as endpoint_store
 from app.store import outbox, tenants
+from app.store.bulk_insert import BulkInsert
 from app.store.db import (
     SessionFactory,
     column_json,
@@ -140,70 +141,99 @@ async def test_events_are_stored_as_sqlalchemy_stores_them(store: Store) -> None
     assert await stored_then_undone(store, by_bulk) == expected
 
 
-async def test_deliveries_are_stored_as_sqlalchemy_stores_them(store: Store) -> None:
-    event_id = event_rows()[0]["id"]
-    names = DELIVERY_COLUMNS[1:]
-    rows = [
-        (event_id, store.endpoint_id, "acme", "pending", 0, NOW, None, NOW, NOW, None, "scheduled"),
-        (event_id, store.endpoint_id, "acme", "failed", 3, None, NOW, NOW, NOW, 7, "manual"),
-    ]
+async def stored_both_ways(
+    store: Store,
+    bulk: BulkInsert,
+    table: sa.Table,
+    rows: list[tuple[Any, ...]],
+    before: Callable[[AsyncSession], Awaitable[None]],
+) -> dict[str, list[Any]]:
+    """What the database holds after `before` and `rows` (in `bulk.columns` order) inserted
+    by SQLAlchemy's executemany; checked to be the same when `bulk` inserts them."""
 
     async def by_core(session: AsyncSession) -> None:
-        await outbox._INSERT_EVENTS.execute(session, as_tuples(event_rows(), EVENT_COLUMNS))
+        await before(session)
         connection = await session.connection()
         await connection.execute(
-            sa.insert(outbox._delivery),
-            [
-                {"id": f"dlv_{n:020d}", **dict(zip(names, row, strict=True))}
-                for n, row in enumerate(rows)
-            ],
+            sa.insert(table), [dict(zip(bulk.columns, row, strict=True)) for row in rows]
         )
 
     async def by_bulk(session: AsyncSession) -> None:
-        await outbox._INSERT_EVENTS.execute(session, as_tuples(event_rows(), EVENT_COLUMNS))
-        await outbox._INSERT_DELIVERIES.execute(
-            session, [(f"dlv_{n:020d}", *row) for n, row in enumerate(rows)]
-        )
+        await before(session)
+        await bulk.execute(session, rows)
 
     expected = await stored_then_undone(store, by_core)
-    assert len(expected["delivery"]) == len(rows)
     assert await stored_then_undone(store, by_bulk) == expected
+    return expected
+
+
+async def events_stored(session: AsyncSession) -> None:
+    await outbox._INSERT_EVENTS.execute(session, as_tuples(event_rows(), EVENT_COLUMNS))
+
+
+async def test_deliveries_are_stored_as_sqlalchemy_stores_them(store: Store) -> None:
+    event_id = event_rows()[0]["id"]
+    rows = [
+        (
+            "dlv_0",
+            event_id,
+            store.endpoint_id,
+            "acme",
+            "pending",
+            0,
+            NOW,
+            None,
+            NOW,
+            NOW,
+            None,
+            "scheduled",
+        ),
+        (
+            "dlv_1",
+            event_id,
+            store.endpoint_id,
+            "acme",
+            "failed",
+            3,
+            None,
+            NOW,
+            NOW,
+            NOW,
+            7,
+            "manual",
+        ),
+    ]
+    stored = await stored_both_ways(
+        store, outbox._INSERT_DELIVERIES, outbox._delivery, rows, events_stored
+    )
+    assert len(stored["delivery"]) == len(rows)
 
 
 async def test_attempts_are_stored_as_sqlalchemy_stores_them(store: Store) -> None:
     event_id = event_rows()[0]["id"]
     delivery = ("dlv_0", event_id, store.endpoint_id, "acme", "pending", 0, NOW, None, NOW, NOW)
-    names = ATTEMPT_COLUMNS[1:]
     rows = [
-        ("dlv_0", store.endpoint_id, NOW, 12, 200, None, "ok", "scheduled"),
-        ("dlv_0", store.endpoint_id, NOW + timedelta(seconds=1), 0, None, "timeout", "", "manual"),
-        ("dlv_0", store.endpoint_id, NOW, 5, 500, None, 'Zoë 李 🎉 "x" \\', "replay"),
+        ("att_0", "dlv_0", store.endpoint_id, NOW, 12, 200, None, "ok", "scheduled"),
+        (
+            "att_1",
+            "dlv_0",
+            store.endpoint_id,
+            NOW + timedelta(seconds=1),
+            0,
+            None,
+            "timeout",
+            "",
+            "manual",
+        ),
+        ("att_2", "dlv_0", store.endpoint_id, NOW, 5, 500, None, 'Zoë 李 🎉 "x" \\', "replay"),
     ]
 
     async def queued(session: AsyncSession) -> None:
-        await outbox._INSERT_EVENTS.execute(session, as_tuples(event_rows(), EVENT_COLUMNS))
+        await events_stored(session)
         await outbox._INSERT_DELIVERIES.execute(session, [(*delivery, None, "scheduled")])
 
-    async def by_core(session: AsyncSession) -> None:
-        await queued(session)
-        connection = await session.connection()
-        await connection.execute(
-            sa.insert(queue._attempt),
-            [
-                {"id": f"att_{n:020d}", **dict(zip(names, row, strict=True))}
-                for n, row in enumerate(rows)
-            ],
-        )
-
-    async def by_bulk(session: AsyncSession) -> None:
-        await queued(session)
-        await queue._INSERT_ATTEMPTS.execute(
-            session, [(f"att_{n:020d}", *row) for n, row in enumerate(rows)]
-        )
-
-    expected = await stored_then_undone(store, by_core)
-    assert len(expected["attempt"]) == len(rows)
-    assert await stored_then_undone(store, by_bulk) == expected
+    stored = await stored_both_ways(store, queue._INSERT_ATTEMPTS, queue._attempt, rows, queued)
+    assert len(stored["attempt"]) == len(rows)
 
 
 async def test_pages_of_returning_rows_skip_the_conflicts(store: Store) -> None:
