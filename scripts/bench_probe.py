@@ -5,6 +5,7 @@ print. Run from the repository root with the project's virtualenv:
     .venv/bin/python scripts/bench_probe.py drain --postgres --workers 2 --deliveries 50000
     .venv/bin/python scripts/bench_probe.py e2e                         # `serve` on SQLite
     .venv/bin/python scripts/bench_probe.py e2e --postgres --seconds 20 # `api` + `worker`
+    .venv/bin/python scripts/bench_probe.py sender                      # no database
 
 drain: `tidings worker` processes drain N pending deliveries to 10 endpoints of the fast
 receiver; prints the rate from the first arrival to the last success and the workers' CPU time
@@ -12,24 +13,31 @@ per delivery over the same window (from /proc: both threads, start-up excluded).
 
 e2e: events at 500/s through `POST /v1/events`, after the same 1 s warm-up as `bench.py`;
 prints p50/p95/p99 from acceptance to arrival and of the `POST` itself, overall and per second.
+
+sender: the `Sender` alone, in this process, posting the ceiling's signed requests to 10 paths
+of the fast receiver with 64, 128, 256 and 512 requests in flight (or `--in-flight N`, two
+rounds); prints the rate and this process's CPU time per request.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from ipaddress import ip_network
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import aiohttp
 import bench_api
+from bench_delivery import run_closed, signed_requests
 from bench_env import (
     Database,
     Receiver,
@@ -47,6 +55,9 @@ from bench_seed import (
     seed_endpoints,
     wait_succeeded,
 )
+
+from app.cli import WORKER_GC_YOUNG_THRESHOLD, tune_garbage_collector
+from app.delivery.sender import Sender
 
 RATE = 500
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -149,6 +160,34 @@ async def _open_loop(
     return sent
 
 
+SENDER_IN_FLIGHT = (64, 128, 256, 512)
+
+
+async def sender(args: argparse.Namespace, work: Path, receiver: Receiver) -> None:
+    tune_garbage_collector(WORKER_GC_YOUNG_THRESHOLD)  # as `tidings worker` does
+    requests = [
+        dataclasses.replace(request, url=receiver.url(f"/ok/s{number % 10}"))
+        for number, request in enumerate(signed_requests("http://unused", args.requests))
+    ]
+    allowed = (ip_network("127.0.0.0/8"),)
+    for _ in range(2):
+        for in_flight in args.in_flight or SENDER_IN_FLIGHT:
+            async with Sender(allowed_networks=allowed, max_connections=in_flight) as client:
+
+                async def send(index: int) -> None:
+                    outcome = await client.send(requests[index])
+                    assert outcome.status == 200, outcome
+
+                await run_closed(min(2_000, len(requests)), in_flight, send)  # connections up
+                cpu_before = time.process_time()
+                rate = await run_closed(len(requests), in_flight, send)
+                cpu = (time.process_time() - cpu_before) / len(requests)
+            print(
+                f"sender, {in_flight:3d} in flight: {rate:7,.0f} req/s, "
+                f"{cpu * 1e6:4.0f} µs CPU per request"
+            )
+
+
 def _line(label: str, rows: list[tuple[float, float, float]]) -> str:
     if not rows:
         return f"  {label}: nothing arrived"
@@ -176,8 +215,8 @@ async def _run(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="tidings-probe-"))
     receiver = await start_receiver(work)
     try:
-        probe = drain if args.probe == "drain" else end_to_end
-        await probe(args, work, receiver)
+        probes = {"drain": drain, "e2e": end_to_end, "sender": sender}
+        await probes[args.probe](args, work, receiver)
     finally:
         stop_process(receiver.process)
         shutil.rmtree(work, ignore_errors=True)
@@ -186,11 +225,15 @@ async def _run(args: argparse.Namespace) -> None:
 def main() -> None:
     """Run one probe and print its result."""
     parser = argparse.ArgumentParser(description="Tidings probes (see the module docstring).")
-    parser.add_argument("probe", choices=["drain", "e2e"])
+    parser.add_argument("probe", choices=["drain", "e2e", "sender"])
     parser.add_argument("--postgres", action="store_true", help="PostgreSQL instead of SQLite")
     parser.add_argument("--workers", type=int, default=1, help="drain: worker processes")
     parser.add_argument("--deliveries", type=int, default=20_000, help="drain: queue length")
     parser.add_argument("--seconds", type=float, default=10, help="e2e: measured seconds")
+    parser.add_argument("--requests", type=int, default=20_000, help="sender: per round")
+    parser.add_argument(
+        "--in-flight", type=int, action="append", help="sender: only these (repeatable)"
+    )
     asyncio.run(_run(parser.parse_args()))
 
 
