@@ -18,11 +18,7 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         """Store naive UTC; refuse naive input, which would be ambiguous."""
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetimes are not stored; pass an aware UTC datetime")
-        return value.astimezone(UTC).replace(tzinfo=None)
+        return None if value is None else _in_utc(value).replace(tzinfo=None)
 
     def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
         """The driver's bind conversion, remembering its last answer: batches bind the same
@@ -74,6 +70,11 @@ def _sqlite_text(value: datetime | None) -> str | None:
     which an event's occurrence time, a new moment on every row, cannot skip."""
     if value is None:
         return None
+    return _in_utc(value).isoformat(" ", "microseconds")[:-6]  # without "+00:00"
+
+
+def _in_utc(value: datetime) -> datetime:
+    """`value` in UTC; naive input is refused, being ambiguous."""
     if value.tzinfo is None:
         raise ValueError("naive datetimes are not stored; pass an aware UTC datetime")
-    return value.astimezone(UTC).isoformat(" ", "microseconds")[:-6]  # without "+00:00"
+    return value.astimezone(UTC)
