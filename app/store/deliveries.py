@@ -192,21 +192,20 @@ async def _load_claimed(
     (no ORM objects on the hot path), each event and endpoint of the batch once."""
     if not deliveries:
         return []
-    load = _load_statements()
     events = {
         row.id: outbox.to_event(row)
         for row in await _rows(
-            session, load.events, {"ids": list({d.event_id for d in deliveries})}
+            session, _LOAD_EVENTS, {"ids": list({d.event_id for d in deliveries})}
         )
     }
     endpoint_ids = list({d.endpoint_id for d in deliveries})
     endpoint_rows = {
-        row.id: row for row in await _rows(session, load.endpoints, {"ids": endpoint_ids})
+        row.id: row for row in await _rows(session, _LOAD_ENDPOINTS, {"ids": endpoint_ids})
     }
     endpoints = {key: to_endpoint(row) for key, row in endpoint_rows.items()}
     faces = {key: face_of(row) for key, row in endpoint_rows.items()}
     secrets: dict[str, list[str]] = {}
-    for row in await _rows(session, load.secrets, {"ids": endpoint_ids, "now": now}):
+    for row in await _rows(session, _LOAD_LIVE_SECRETS, {"ids": endpoint_ids, "now": now}):
         secrets.setdefault(row.endpoint_id, []).append(row.secret)
     return [
         ClaimedDelivery(
@@ -225,27 +224,18 @@ async def _load_claimed(
     ]
 
 
-@dataclass(frozen=True)
-class _LoadStatements:
-    """The reads that complete a claim, by the ids of `:ids` (a list)."""
-
-    events: Any
-    endpoints: Any
-    secrets: Any  # the live ones at `:now`, newest first
-
-
-@functools.cache
-def _load_statements() -> _LoadStatements:
-    """Built once, like the claims (building them showed in the worker's profile, ~3 %)."""
-    wanted: Any = sa.bindparam("ids", expanding=True)
-    live = secret_is_live(sa.bindparam("now", type_=UTCDateTime()))
-    return _LoadStatements(
-        events=sa.select(*_EVENT_COLUMNS).where(col(EventRow.id).in_(wanted)),
-        endpoints=sa.select(*ENDPOINT_COLUMNS).where(col(EndpointRow.id).in_(wanted)),
-        secrets=sa.select(col(EndpointSecret.endpoint_id), col(EndpointSecret.secret))
-        .where(col(EndpointSecret.endpoint_id).in_(wanted), live)
-        .order_by(*NEWEST_SECRET_FIRST),
+# The reads that complete a claim, by the ids in `:ids` (a list), built once like the claims.
+_WANTED: Any = sa.bindparam("ids", expanding=True)
+_LOAD_EVENTS = sa.select(*_EVENT_COLUMNS).where(col(EventRow.id).in_(_WANTED))
+_LOAD_ENDPOINTS = sa.select(*ENDPOINT_COLUMNS).where(col(EndpointRow.id).in_(_WANTED))
+_LOAD_LIVE_SECRETS = (  # live at `:now`, newest first
+    sa.select(col(EndpointSecret.endpoint_id), col(EndpointSecret.secret))
+    .where(
+        col(EndpointSecret.endpoint_id).in_(_WANTED),
+        secret_is_live(sa.bindparam("now", type_=UTCDateTime())),
     )
+    .order_by(*NEWEST_SECRET_FIRST)
+)
 
 
 async def _rows(session: AsyncSession, query: Any, parameters: Any = None) -> Sequence[Any]:
