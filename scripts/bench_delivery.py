@@ -3,22 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from ipaddress import ip_network
 
 import aiohttp
-from bench_env import SECRET_KEY, Bench, Database, Tidings, sqlite_database, stop_process
+from bench_env import (
+    SECRET_KEY,
+    Bench,
+    Database,
+    Receiver,
+    Tidings,
+    cpu_seconds,
+    settled,
+    sqlite_database,
+    stop_process,
+)
 from bench_report import Measurement
 from bench_seed import (
     EndpointSpec,
     bench_engine,
     count_by_status,
     encounter,
+    hold_deliveries,
     peak_rss_mb,
-    reset_deliveries,
+    release_deliveries,
     seed_deliveries,
     seed_endpoints,
     wait_succeeded,
@@ -163,25 +175,31 @@ async def attempt_cpu(database: Database) -> Measurement:
     )
 
 
-async def _drain_once(bench: Bench, database: Database, workers: int, count: int) -> Drained:
-    """Start `workers` processes on a full queue; time from the first arrival until all
-    succeeded, or until the size's cap (then the rate is over the deliveries done so far)."""
+async def drain_held(
+    receiver: Receiver,
+    database: Database,
+    processes: Sequence[subprocess.Popen[bytes]],
+    count: int,
+    cap: float,
+) -> Drained:
+    """Release the held queue to worker `processes` once they have settled, and time it from
+    the first arrival until all `count` succeeded, or until `cap` seconds (then the rate is
+    over the deliveries done so far). Workers started together reach the queue together, and
+    their start-up is not measured."""
+    await settled(processes)
+    await receiver.reset()
     engine = bench_engine(database)
-    await bench.receiver.reset()
-    tidings = Tidings(database.url, bench.work / f"drain-{database.pg_name or 'sqlite'}")
-    processes = [tidings.start_worker(f"worker{n}") for n in range(workers)]
     try:
-        if not await bench.receiver.wait_for(1, timeout=60):
-            raise RuntimeError(f"no delivery arrived from {workers} worker(s) within 60 s")
-        first = (await bench.receiver.stats())["ok"]["first"]
-        seen, done = await wait_succeeded(
-            engine, count, since=first, cap=bench.sizes.drain_cap_seconds, processes=processes
-        )
+        cpu_before = sum(cpu_seconds(process.pid) for process in processes)
+        await release_deliveries(engine)
+        if not await receiver.wait_for(1, timeout=30):
+            raise RuntimeError(f"no delivery arrived from {len(processes)} worker(s) within 30 s")
+        first = (await receiver.stats())["ok"]["first"]
+        seen, done = await wait_succeeded(engine, count, since=first, cap=cap, processes=processes)
+        cpu = sum(cpu_seconds(process.pid) for process in processes) - cpu_before
     finally:
-        for process in processes:
-            stop_process(process)
         await engine.dispose()
-    return Drained(done, count, seen - first)
+    return Drained(done, count, seen - first, cpu)
 
 
 @dataclass(frozen=True)
@@ -191,19 +209,27 @@ class Drained:
     done: int
     count: int
     seconds: float
+    cpu_seconds: float
 
     @property
     def rate(self) -> float:
         return self.done / self.seconds
 
     @property
+    def cpu_per_delivery(self) -> float:
+        """The workers' CPU seconds per delivery done (every thread, release to last)."""
+        return self.cpu_seconds / max(1, self.done)
+
+    @property
     def note(self) -> str:
+        cpu = f"workers' CPU {self.cpu_per_delivery * 1e6:.0f} µs per delivery"
         if self.done >= self.count:
-            return f"all {self.count:,} in {self.seconds:.1f} s"
-        return f"capped: {self.done:,} of {self.count:,} in {self.seconds:.1f} s"
+            return f"all {self.count:,} in {self.seconds:.1f} s; {cpu}"
+        return f"capped: {self.done:,} of {self.count:,} in {self.seconds:.1f} s; {cpu}"
 
 
 async def _seeded(bench: Bench, database: Database, count: int) -> None:
+    """`count` deliveries to `DRAIN_ENDPOINTS` endpoints of the receiver, due now."""
     engine = bench_engine(database)
     specs = [
         EndpointSpec("drain", bench.receiver.url(f"/ok/drain{n}"), ("encounter.*",))
@@ -211,6 +237,12 @@ async def _seeded(bench: Bench, database: Database, count: int) -> None:
     ]
     endpoint_ids = await seed_endpoints(engine, specs)
     await seed_deliveries(engine, "drain", endpoint_ids, count)
+    await engine.dispose()
+
+
+async def _hold(database: Database) -> None:
+    engine = bench_engine(database)
+    await hold_deliveries(engine)
     await engine.dispose()
 
 
@@ -229,23 +261,35 @@ def _drain_row(name: str, drained: Drained, bench: Bench) -> Measurement:
 
 
 async def drain(bench: Bench) -> list[Measurement]:
-    """N pending deliveries to 10 endpoints: SQLite with one worker, PostgreSQL with 1, 2, 4."""
-    count = bench.sizes.drain_deliveries
+    """N deliveries to 10 endpoints: SQLite with one worker, PostgreSQL with 1, 2 and 4. Each
+    run starts on a held queue, released once its workers have settled; the PostgreSQL runs
+    add workers to those of the run before."""
+    count, cap = bench.sizes.drain_deliveries, bench.sizes.drain_cap_seconds
     rows = []
     sqlite = await sqlite_database(bench.work / "drain.db")
     await _seeded(bench, sqlite, count)
-    rows.append(await attempt_cpu(sqlite))
-    drained = await _drain_once(bench, sqlite, 1, count)
+    rows.append(await attempt_cpu(sqlite))  # claims (and gives back) due deliveries
+    await _hold(sqlite)
+    worker = Tidings(sqlite.url, bench.work / "drain-sqlite").start_worker()
+    try:
+        drained = await drain_held(bench.receiver, sqlite, [worker], count, cap)
+    finally:
+        stop_process(worker)
     rows.append(_drain_row(f"drain {count:,} SQLite, 1 worker", drained, bench))
     postgres = await bench.postgres("drain")
     await _seeded(bench, postgres, count)
-    for workers in (1, 2, 4):
-        engine = bench_engine(postgres)
-        await reset_deliveries(engine)
-        await engine.dispose()
-        drained = await _drain_once(bench, postgres, workers, count)
-        name = f"drain {count:,} PostgreSQL, {workers} worker{'s' if workers > 1 else ''}"
-        rows.append(_drain_row(name, drained, bench))
+    tidings = Tidings(postgres.url, bench.work / "drain-postgres")
+    workers: list[subprocess.Popen[bytes]] = []
+    try:
+        for total in (1, 2, 4):
+            await _hold(postgres)
+            workers += [tidings.start_worker(f"worker{n}") for n in range(len(workers), total)]
+            drained = await drain_held(bench.receiver, postgres, workers, count, cap)
+            name = f"drain {count:,} PostgreSQL, {total} worker{'s' if total > 1 else ''}"
+            rows.append(_drain_row(name, drained, bench))
+    finally:
+        for worker in workers:
+            stop_process(worker)
     return rows
 
 

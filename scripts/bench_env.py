@@ -54,6 +54,41 @@ def stop_process(process: subprocess.Popen[bytes], grace: float = 3.0) -> None:
         process.wait()
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+async def settled(
+    processes: Sequence[subprocess.Popen[bytes]],
+    *,
+    window: float = 0.3,
+    busy_below: float = 0.1,
+    timeout: float = 60.0,
+) -> None:
+    """Until every process has finished starting: none used more than `busy_below` of a core
+    over the last `window` seconds (an idle worker polls; a starting one imports and connects).
+
+    Raises RuntimeError when one exits, or when they are still busy after `timeout` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    before = [cpu_seconds(process.pid) for process in processes]
+    while time.monotonic() < deadline:
+        await asyncio.sleep(window)
+        if any(process.poll() is not None for process in processes):
+            raise RuntimeError(f"{processes[0].args!r} exited while starting")
+        now = [cpu_seconds(process.pid) for process in processes]
+        used = [after - start for start, after in zip(before, now, strict=True)]
+        if max(used) < busy_below * window:
+            return
+        before = now
+    raise RuntimeError(f"{len(processes)} process(es) still busy after {timeout:g} s")
+
+
 async def wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     """Until `url` answers 200 (the process must stay alive meanwhile)."""
     deadline = time.monotonic() + timeout

@@ -8,8 +8,9 @@ print. Run from the repository root with the project's virtualenv:
     .venv/bin/python scripts/bench_probe.py sender                      # no database
 
 drain: `tidings worker` processes drain N pending deliveries to 10 endpoints of the fast
-receiver; prints the rate from the first arrival to the last success and the workers' CPU time
-per delivery over the same window (from /proc: both threads, start-up excluded).
+receiver, held until the workers have started, then released at once; prints the rate from the
+first arrival to the last success and the workers' CPU time per delivery from the release (from
+/proc: every thread; start-up excluded).
 
 e2e: events at 500/s through `POST /v1/events`, after the same 1 s warm-up as `bench.py`;
 prints p50/p95/p99 from acceptance to arrival and of the `POST` itself, overall and per second.
@@ -24,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import os
 import shutil
 import subprocess
 import sys
@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import aiohttp
 import bench_api
-from bench_delivery import run_closed, signed_requests
+from bench_delivery import drain_held, run_closed, signed_requests
 from bench_env import (
     Database,
     Receiver,
@@ -51,22 +51,15 @@ from bench_report import percentile
 from bench_seed import (
     EndpointSpec,
     bench_engine,
+    hold_deliveries,
     seed_deliveries,
     seed_endpoints,
-    wait_succeeded,
 )
 
 from app.cli import WORKER_GC_YOUNG_THRESHOLD, tune_garbage_collector
 from app.delivery.sender import Sender
 
 RATE = 500
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 async def drain(args: argparse.Namespace, work: Path, receiver: Receiver) -> None:
@@ -74,26 +67,20 @@ async def drain(args: argparse.Namespace, work: Path, receiver: Receiver) -> Non
     engine = bench_engine(database)
     specs = [EndpointSpec("drain", receiver.url(f"/ok/d{n}"), ("encounter.*",)) for n in range(10)]
     await seed_deliveries(engine, "drain", await seed_endpoints(engine, specs), args.deliveries)
+    await hold_deliveries(engine)
+    await engine.dispose()
     tidings = Tidings(database.url, work / "drain")
     workers = [tidings.start_worker(f"worker{n}") for n in range(args.workers)]
     try:
-        if not await receiver.wait_for(1, timeout=60):
-            raise RuntimeError("no delivery arrived within 60 s")
-        cpu_before = sum(cpu_seconds(worker.pid) for worker in workers)
-        first = (await receiver.stats())["ok"]["first"]
-        seen, done = await wait_succeeded(
-            engine, args.deliveries, since=first, cap=120, processes=workers
-        )
-        cpu = sum(cpu_seconds(worker.pid) for worker in workers) - cpu_before
+        drained = await drain_held(receiver, database, workers, args.deliveries, cap=120)
     finally:
         for worker in workers:
             stop_process(worker)
-        await engine.dispose()
         await _drop(database)
     kind = "PostgreSQL" if database.pg_name else "SQLite"
     print(
-        f"drain {kind}, {args.workers} worker(s): {done:,} in {seen - first:.2f} s = "
-        f"{done / (seen - first):,.0f}/s; worker CPU {cpu / done * 1e6:.0f} µs per delivery"
+        f"drain {kind}, {args.workers} worker(s): {drained.done:,} in {drained.seconds:.2f} s = "
+        f"{drained.rate:,.0f}/s; worker CPU {drained.cpu_per_delivery * 1e6:.0f} µs per delivery"
     )
 
 

@@ -10,7 +10,7 @@ import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from bench_env import SECRET_KEY, Database
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.delivery import wakeups
 from app.domain import ids, secrets
 from app.domain.models import DeliveryStatus
 from app.store.db import make_engine
@@ -205,8 +206,12 @@ async def seed_deliveries(
     await insert_rows(engine, DeliveryRow, deliveries)
 
 
-async def reset_deliveries(engine: AsyncEngine) -> None:
-    """Every delivery pending and due again, the attempt log empty (for the next run). On
+HELD_FOR = timedelta(days=1)
+
+
+async def hold_deliveries(engine: AsyncEngine) -> None:
+    """Every delivery pending again but not due for a day, the attempt log empty: workers can
+    start and settle on the held queue, then `release_deliveries` makes it due all at once. On
     PostgreSQL the tables are vacuumed too, so each run starts from the same state rather than
     from the dead rows of the runs before it (autovacuum may not have caught up yet)."""
     delivery = table(DeliveryRow)
@@ -216,7 +221,7 @@ async def reset_deliveries(engine: AsyncEngine) -> None:
             sa.update(delivery).values(
                 status=DeliveryStatus.PENDING.value,
                 attempt_count=0,
-                next_attempt_at=datetime.now(UTC),
+                next_attempt_at=datetime.now(UTC) + HELD_FOR,
                 lease_expires_at=None,
             )
         )
@@ -224,6 +229,20 @@ async def reset_deliveries(engine: AsyncEngine) -> None:
         async with engine.connect() as connection:
             autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
             await autocommit.execute(sa.text("VACUUM ANALYZE delivery, attempt"))
+
+
+async def release_deliveries(engine: AsyncEngine) -> None:
+    """Every pending delivery due now. On PostgreSQL the workers' NOTIFY channel wakes them at
+    the commit, as `POST /v1/events` does; on SQLite the worker sees it at its next poll."""
+    delivery = table(DeliveryRow)
+    async with engine.begin() as connection:
+        await connection.execute(
+            sa.update(delivery)
+            .where(delivery.c.status == DeliveryStatus.PENDING.value)
+            .values(next_attempt_at=datetime.now(UTC))
+        )
+        if engine.dialect.name == "postgresql":
+            await connection.execute(sa.text(f"NOTIFY {wakeups.CHANNEL}"))
 
 
 async def count_by_status(engine: AsyncEngine, status: DeliveryStatus) -> int:
