@@ -7,7 +7,6 @@ up by those values and never scan the endpoints that do not match.
 
 from __future__ import annotations
 
-import functools
 import re
 from collections import OrderedDict
 from collections.abc import Collection, Iterable
@@ -35,7 +34,6 @@ _PREFIX_PATTERN = re.compile(NAME_PATTERN.pattern.removesuffix("$") + r"\.\*$")
 
 
 @lru_cache(maxsize=4096)
-@functools.lru_cache(maxsize=4096)
 def subscription_patterns(event_type: str) -> tuple[str, ...]:
     """Every `event_types` filter value that matches `event_type`.
 
