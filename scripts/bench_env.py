@@ -255,6 +255,7 @@ class Sizes:
     e2e_seconds: float
     e2e_rate: int
     ingest_seconds: float
+    ingest_on_postgres: bool
     fanout_runs: int
     matching_totals: tuple[int, ...]
     matching_changes: int
@@ -270,6 +271,7 @@ QUICK = Sizes(
     e2e_seconds=3,
     e2e_rate=500,
     ingest_seconds=1.0,
+    ingest_on_postgres=False,  # another `tidings api` start-up: it would not fit the minute
     fanout_runs=1,
     matching_totals=(1_000, 10_000),
     matching_changes=200,
@@ -284,6 +286,7 @@ FULL = Sizes(
     e2e_seconds=30,
     e2e_rate=500,
     ingest_seconds=10,
+    ingest_on_postgres=True,
     fanout_runs=3,
     matching_totals=(1_000, 10_000, 100_000),
     matching_changes=2_000,
