@@ -16,11 +16,11 @@ from bench_env import (
     Bench,
     Database,
     Tidings,
-    free_port,
+    settled,
     sqlite_database,
-    start_process,
+    start_server,
+    start_servers,
     stop_process,
-    wait_http,
 )
 from bench_report import Measurement, median, percentile
 from bench_seed import EndpointSpec, bench_engine, encounter, seed_endpoints
@@ -81,43 +81,42 @@ async def source_key(database_url: str, organization: str) -> str:
 async def end_to_end(bench: Bench) -> list[Measurement]:
     """Open-loop events through `tidings serve` on SQLite (accepting and delivering share one
     process and one core), then through `tidings api` + `tidings worker` on PostgreSQL (a core
-    each); then one event fanned out to 1,000 endpoints through `serve`."""
-    database = await sqlite_database(bench.work / "serve.db")
-    engine = bench_engine(database)
+    each: the worker is woken by LISTEN/NOTIFY, not by a poll tick); then one event fanned out
+    to 1,000 endpoints through `serve`. Both setups start together and are measured one at a
+    time, the other idle."""
     rx = bench.receiver
+    serve_database = await sqlite_database(bench.work / "serve.db")
+    engine = bench_engine(serve_database)
     await seed_endpoints(engine, [EndpointSpec("e2e", rx.url("/ok/e2e"), (FLOW_TYPE,))])
     await seed_endpoints(
         engine,
         [EndpointSpec("fan", rx.url(f"/ok/fan{n}"), (FLOW_TYPE,)) for n in range(FANOUT_ENDPOINTS)],
     )
     await engine.dispose()
-    e2e_key = await source_key(database.url, "e2e")
-    fan_key = await source_key(database.url, "fan")
-    process, base = await Tidings(database.url, bench.work / "serve").start_server("serve")
-    try:
-        rows = await _latency(bench, base, e2e_key, "SQLite, serve")
-        fanout = await _fanout(bench, base, fan_key)
-    finally:
-        stop_process(process)
-    return [*rows, *await _split_latency(bench), fanout]
-
-
-async def _split_latency(bench: Bench) -> list[Measurement]:
-    """The same open loop through `tidings api` and one `tidings worker` on PostgreSQL: the
-    worker is woken by LISTEN/NOTIFY, not by a poll tick."""
-    database = await bench.postgres("e2e")
-    engine = bench_engine(database)
-    await seed_endpoints(engine, [EndpointSpec("e2e", bench.receiver.url("/ok/e2e"), (FLOW_TYPE,))])
+    serve_key = await source_key(serve_database.url, "e2e")
+    fan_key = await source_key(serve_database.url, "fan")
+    split_database = await bench.postgres("e2e")
+    engine = bench_engine(split_database)
+    await seed_endpoints(engine, [EndpointSpec("e2e", rx.url("/ok/e2e"), (FLOW_TYPE,))])
     await engine.dispose()
-    key = await source_key(database.url, "e2e")
-    tidings = Tidings(database.url, bench.work / "split")
-    worker = tidings.start_worker()
-    api, base = await tidings.start_server("api")
+    split_key = await source_key(split_database.url, "e2e")
+    split = Tidings(split_database.url, bench.work / "split")
+    processes = [split.start_worker()]
     try:
-        return await _latency(bench, base, key, "PostgreSQL, api + worker")
+        (serve, serve_base), (api, split_base) = await start_servers(
+            Tidings(serve_database.url, bench.work / "serve").start_server("serve"),
+            split.start_server("api"),
+        )
+        processes += [serve, api]
+        await settled(processes)
+        rows = await _latency(bench, serve_base, serve_key, "SQLite, serve")
+        fanout = await _fanout(bench, serve_base, fan_key)
+        stop_process(serve)
+        rows += await _latency(bench, split_base, split_key, "PostgreSQL, api + worker")
     finally:
-        stop_process(api)
-        stop_process(worker)
+        for process in processes:
+            stop_process(process)
+    return [*rows, fanout]
 
 
 async def _latency(bench: Bench, base: str, key: str, setup: str) -> list[Measurement]:
@@ -266,18 +265,10 @@ async def _event_rate(base: str, key: str, seconds: float) -> tuple[float, int]:
         return await _closed_loop(seconds, CLIENT_CONCURRENCY, publish)
 
 
-async def _noop_rate(bench: Bench, seconds: float) -> float:
-    port = free_port()
+async def _start_noop(bench: Bench) -> tuple[subprocess.Popen[bytes], str]:
+    """The no-op Quart app on Hypercorn (`bench_noop.py`): (process, base URL)."""
     script = str(SCRIPTS / "bench_noop.py")
-    process = start_process(
-        [sys.executable, script, "--port", str(port)], log=bench.work / "noop.log"
-    )
-    try:
-        await wait_http(f"http://127.0.0.1:{port}/healthz", process)
-        rate, _ = await _event_rate(f"http://127.0.0.1:{port}", "none", seconds)
-    finally:
-        stop_process(process)
-    return rate
+    return await start_server([sys.executable, script], log=bench.work / "noop.log")
 
 
 async def _bundle_rate(base: str, key: str, seconds: float, pushes: int) -> tuple[float, int]:
@@ -293,9 +284,9 @@ async def _bundle_rate(base: str, key: str, seconds: float, pushes: int) -> tupl
         return await _closed_loop(seconds, pushes, push)
 
 
-async def _ingest_api(bench: Bench, database: Database) -> tuple[subprocess.Popen[bytes], str, str]:
-    """`tidings api` on `database`, whose `ingest` organization has one endpoint for the flow
-    events and one for Encounter changes: (process, base URL, source key)."""
+async def _ingest_api(bench: Bench, database: Database) -> tuple[Tidings, str]:
+    """`tidings api` to start on `database`, whose `ingest` organization has one endpoint for
+    the flow events and one for Encounter changes: (how to start it, source key)."""
     engine = bench_engine(database)
     await seed_endpoints(
         engine,
@@ -305,46 +296,54 @@ async def _ingest_api(bench: Bench, database: Database) -> tuple[subprocess.Pope
         ],
     )
     await engine.dispose()
-    key = await source_key(database.url, "ingest")
     label = "api-postgres" if database.is_postgres else "api"
-    process, base = await Tidings(database.url, bench.work / label).start_server("api")
-    return process, base, key
+    return Tidings(database.url, bench.work / label), await source_key(database.url, "ingest")
 
 
 async def ingest(bench: Bench) -> list[Measurement]:
     """Single events (against a no-op Quart route) and 500-change history Bundles on SQLite;
     in full mode, Bundles on PostgreSQL too, where the inserts run in the database's own
-    process (on the other core) and 4 pushes at a time keep the API busy while it waits."""
+    process (on the other core) and 4 pushes at a time keep the API busy while it waits.
+    The servers start together and are measured one at a time, the others idle."""
     seconds = bench.sizes.ingest_seconds
-    noop = await _noop_rate(bench, seconds)
-    process, base, key = await _ingest_api(bench, await sqlite_database(bench.work / "ingest.db"))
+    apis = [await _ingest_api(bench, await sqlite_database(bench.work / "ingest.db"))]
+    if bench.sizes.ingest_on_postgres:
+        apis.append(await _ingest_api(bench, await bench.postgres("ingest")))
+    started = await start_servers(
+        _start_noop(bench), *(tidings.start_server("api") for tidings, _ in apis)
+    )
+    processes = [process for process, _ in started]
     try:
+        await settled(processes)
+        (noop_process, noop_base), (_, base), *postgres = started
+        noop, _ = await _event_rate(noop_base, "none", seconds)
+        stop_process(noop_process)
+        key = apis[0][1]
         events, event_errors = await _event_rate(base, key, seconds)
         changes, bundle_errors = await _bundle_rate(base, key, max(seconds, 2), SQLITE_PUSHES)
+        client = f"{CLIENT_CONCURRENCY} concurrent, `tidings api` on SQLite, 1 delivery each"
+        rows = [
+            Measurement("ingest: no-op Quart route", noop, "req/s", note="same client, Hypercorn"),
+            Measurement(
+                "ingest: POST /v1/events",
+                events,
+                "events/s",
+                goal=2_500,
+                ratio=events / noop,
+                ratio_of="no-op Quart",
+                ratio_goal=0.8,
+                note=f"{client}; {event_errors} errors",
+            ),
+            _bundle_row("SQLite", changes, SQLITE_PUSHES, bundle_errors),
+        ]
+        for (_, postgres_base), (_, postgres_key) in zip(postgres, apis[1:], strict=True):
+            changes, bundle_errors = await _bundle_rate(
+                postgres_base, postgres_key, seconds, POSTGRES_PUSHES
+            )
+            rows.append(_bundle_row("PostgreSQL", changes, POSTGRES_PUSHES, bundle_errors))
     finally:
-        stop_process(process)
-    client = f"{CLIENT_CONCURRENCY} concurrent, `tidings api` on SQLite, 1 delivery each"
-    rows = [
-        Measurement("ingest: no-op Quart route", noop, "req/s", note="same client, Hypercorn"),
-        Measurement(
-            "ingest: POST /v1/events",
-            events,
-            "events/s",
-            goal=2_500,
-            ratio=events / noop,
-            ratio_of="no-op Quart",
-            ratio_goal=0.8,
-            note=f"{client}; {event_errors} errors",
-        ),
-        _bundle_row("SQLite", changes, SQLITE_PUSHES, bundle_errors),
-    ]
-    if bench.sizes.ingest_on_postgres:
-        process, base, key = await _ingest_api(bench, await bench.postgres("ingest"))
-        try:
-            changes, bundle_errors = await _bundle_rate(base, key, seconds, POSTGRES_PUSHES)
-        finally:
+        for process in processes:
             stop_process(process)
-        rows.append(_bundle_row("PostgreSQL", changes, POSTGRES_PUSHES, bundle_errors))
     return rows
 
 

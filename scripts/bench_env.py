@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,16 +185,46 @@ class Tidings:
     async def start_server(self, command: str) -> tuple[subprocess.Popen[bytes], str]:
         """`tidings serve` or `tidings api`, answering `/healthz`; (process, base URL)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        port = free_port()
-        process = start_process(
-            [TIDINGS, command, "--port", str(port)],
+        return await start_server(
+            [TIDINGS, command],
             log=self.workdir / f"{command}.log",
             env=self.env(),
             cwd=self.workdir,
         )
-        base = f"http://127.0.0.1:{port}"
+
+
+async def start_server(
+    args: Sequence[str], *, log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`args --port <free port>` started, once it answers `/healthz`: (process, base URL). A
+    server that does not come up (or whose wait is cancelled) is stopped."""
+    port = free_port()
+    process = start_process([*args, "--port", str(port)], log=log, env=env, cwd=cwd)
+    base = f"http://127.0.0.1:{port}"
+    try:
         await wait_http(base + "/healthz", process)
-        return process, base
+    except BaseException:
+        stop_process(process)
+        raise
+    return process, base
+
+
+async def start_servers(
+    *starting: Awaitable[tuple[subprocess.Popen[bytes], str]],
+) -> list[tuple[subprocess.Popen[bytes], str]]:
+    """Servers started together, their start-ups overlapping (none is being measured yet):
+    (process, base URL) each, in order. If one fails, the others are stopped too."""
+    tasks = [asyncio.ensure_future(start) for start in starting]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()  # a server still starting is stopped by `start_server`
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for task in tasks:
+            if not task.cancelled() and task.exception() is None:
+                stop_process(task.result()[0])
+        raise
 
 
 # -- databases ------------------------------------------------------------------------------
@@ -265,7 +295,7 @@ class Sizes:
 
 
 QUICK = Sizes(
-    ceiling_requests=5_000,
+    ceiling_requests=3_000,
     drain_deliveries=3_000,
     drain_cap_seconds=2,
     e2e_seconds=3,
@@ -276,7 +306,7 @@ QUICK = Sizes(
     matching_totals=(1_000, 10_000),
     matching_changes=200,
     memory_deliveries=50_000,
-    memory_seconds=2,
+    memory_seconds=1,
     slow_per_endpoint=200,
 )
 FULL = Sizes(

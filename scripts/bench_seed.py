@@ -231,16 +231,18 @@ async def hold_deliveries(engine: AsyncEngine) -> None:
             await autocommit.execute(sa.text("VACUUM ANALYZE delivery, attempt"))
 
 
-async def release_deliveries(engine: AsyncEngine) -> None:
-    """Every pending delivery due now. On PostgreSQL the workers' NOTIFY channel wakes them at
-    the commit, as `POST /v1/events` does; on SQLite the worker sees it at its next poll."""
+async def release_deliveries(
+    engine: AsyncEngine, endpoint_ids: Sequence[str] | None = None
+) -> None:
+    """Every pending delivery (to `endpoint_ids`, when given) due now. On PostgreSQL the
+    workers' NOTIFY channel wakes them at the commit, as `POST /v1/events` does; on SQLite the
+    worker sees it at its next poll."""
     delivery = table(DeliveryRow)
+    release = sa.update(delivery).where(delivery.c.status == DeliveryStatus.PENDING.value)
+    if endpoint_ids is not None:
+        release = release.where(delivery.c.endpoint_id.in_(endpoint_ids))
     async with engine.begin() as connection:
-        await connection.execute(
-            sa.update(delivery)
-            .where(delivery.c.status == DeliveryStatus.PENDING.value)
-            .values(next_attempt_at=datetime.now(UTC))
-        )
+        await connection.execute(release.values(next_attempt_at=datetime.now(UTC)))
         if engine.dialect.name == "postgresql":
             await connection.execute(sa.text(f"NOTIFY {wakeups.CHANNEL}"))
 
