@@ -333,7 +333,6 @@ class Bench:
     sizes: Sizes
     work: Path
     receiver: Receiver
-    ceiling: float | None = None
     databases: list[Database] = field(default_factory=list)
 
     async def postgres(self, label: str) -> Database:
