@@ -296,9 +296,9 @@ class Sizes:
 
 QUICK = Sizes(
     ceiling_requests=3_000,
-    drain_deliveries=3_000,
+    drain_deliveries=2_000,
     drain_cap_seconds=2,
-    e2e_seconds=3,
+    e2e_seconds=2,
     e2e_rate=500,
     ingest_seconds=1.0,
     ingest_on_postgres=False,  # another `tidings api` start-up: it would not fit the minute
@@ -307,7 +307,7 @@ QUICK = Sizes(
     matching_changes=200,
     memory_deliveries=50_000,
     memory_seconds=1,
-    slow_per_endpoint=200,
+    slow_per_endpoint=120,
 )
 FULL = Sizes(
     ceiling_requests=30_000,
