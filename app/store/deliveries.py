@@ -20,7 +20,7 @@ from app.domain import ids
 from app.domain.models import DeliveryStatus, Endpoint, Event
 from app.domain.retry import AttemptOutcome
 from app.store import outbox
-from app.store.bulk_insert import BulkInsert
+from app.store.bulk import BulkStatement
 from app.store.db import execute_core
 from app.store.endpoints import (
     ENDPOINT_COLUMNS,
@@ -255,35 +255,33 @@ async def record_attempts(session: AsyncSession, records: Sequence[AttemptRecord
     await _INSERT_ATTEMPTS.execute(
         session, [_attempt_row(i, r) for i, r in zip(attempt_ids, records, strict=True)]
     )
-    await execute_core(
+    await _RECORD_OUTCOMES.execute(
         session,
-        sa.update(_delivery)
-        .where(
-            _delivery.c.id == sa.bindparam("delivery_id"),
-            _delivery.c.lease_expires_at == sa.bindparam("lease", type_=UTCDateTime()),
-        )
-        .values(
-            status=sa.bindparam("new_status"),
-            next_attempt_at=sa.bindparam("due", type_=UTCDateTime()),
-            updated_at=sa.bindparam("at", type_=UTCDateTime()),
-            attempt_count=_delivery.c.attempt_count + 1,
-            lease_expires_at=None,
-            next_trigger="scheduled",
-        ),
         [
-            {
-                "delivery_id": r.delivery_id,
-                "new_status": r.status.value,
-                "due": r.next_attempt_at,
-                "lease": r.lease_expires_at,
-                "at": r.attempted_at,
-            }
+            (r.status.value, r.next_attempt_at, r.attempted_at, r.delivery_id, r.lease_expires_at)
             for r in records
         ],
     )
 
 
-_INSERT_ATTEMPTS = BulkInsert(
+# A delivery's next state after an attempt, while it still carries the claim's lease.
+_RECORD_OUTCOMES = BulkStatement(
+    sa.update(_delivery)
+    .where(
+        _delivery.c.id == sa.bindparam("delivery_id"),
+        _delivery.c.lease_expires_at == sa.bindparam("lease", type_=UTCDateTime()),
+    )
+    .values(
+        status=sa.bindparam("new_status"),
+        next_attempt_at=sa.bindparam("due", type_=UTCDateTime()),
+        updated_at=sa.bindparam("at", type_=UTCDateTime()),
+        attempt_count=_delivery.c.attempt_count + sa.literal_column("1"),
+        lease_expires_at=sa.null(),
+        next_trigger=sa.literal_column("'scheduled'"),
+    ),
+    ("new_status", "due", "at", "delivery_id", "lease"),  # as they appear in the SQL
+)
+_INSERT_ATTEMPTS = BulkStatement(
     sa.insert(_attempt),
     (
         "id",

@@ -28,7 +28,7 @@ from app.domain import ids, matching
 from app.domain.catalog import Catalog
 from app.domain.models import DeliveryStatus, Endpoint, Event, JSONObject
 from app.fhir.resource_types import is_resource_type
-from app.store.bulk_insert import BulkInsert
+from app.store.bulk import BulkStatement
 from app.store.candidates import CANDIDATES, endpoints_version_of
 from app.store.endpoints import Scope
 from app.store.event_numbers import assign_event_numbers
@@ -216,7 +216,7 @@ def _named(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
 
 _PENDING = DeliveryStatus.PENDING.value
 _SCHEDULED = "scheduled"  # what queued the first attempt (see `DeliveryRow.next_trigger`)
-_INSERT_DELIVERIES = BulkInsert(
+_INSERT_DELIVERIES = BulkStatement(
     sa.insert(_delivery),
     (
         "id",
@@ -241,7 +241,7 @@ async def _insert_event_rows(
     """Insert the events whose keys are free; the ids actually inserted, each with its
     organization's `endpoints_version` as this transaction sees it (for matching).
 
-    One statement, in pages of multi-row INSERTs (`BulkInsert`).
+    One statement, in pages of multi-row INSERTs (`BulkStatement`).
     """
     if not items:
         return {}
@@ -258,7 +258,7 @@ def _insert_events_statement(dialect: str) -> sa.Insert:
     )
 
 
-_INSERT_EVENTS = BulkInsert(
+_INSERT_EVENTS = BulkStatement(
     _insert_events_statement,
     (
         "id",

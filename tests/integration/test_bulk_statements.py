@@ -1,5 +1,6 @@
-"""Rows the outbox and the queue hand to the driver as tuples (`BulkInsert`) are stored exactly as
-SQLAlchemy's own executemany of the same INSERT stores them, on SQLite and PostgreSQL."""
+"""Rows the outbox and the queue hand to the driver as tuples (`BulkStatement`) are stored
+exactly as SQLAlchemy's own executemany of the same INSERT or UPDATE stores them, on SQLite and
+PostgreSQL."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.store import deliveries as queue
 from app.store import endpoints as endpoint_store
 from app.store import outbox, tenants
-from app.store.bulk_insert import BulkInsert
+from app.store.bulk import BulkStatement
 from app.store.db import (
     SessionFactory,
     column_json,
@@ -143,7 +144,7 @@ async def test_events_are_stored_as_sqlalchemy_stores_them(store: Store) -> None
 
 async def stored_both_ways(
     store: Store,
-    bulk: BulkInsert,
+    bulk: BulkStatement,
     table: sa.Table,
     rows: list[tuple[Any, ...]],
     before: Callable[[AsyncSession], Awaitable[None]],
@@ -274,3 +275,67 @@ async def test_each_engine_binds_with_its_own_settings(store: Store, database_ur
         await spaced.dispose()
     assert texts["evt_spaced"] == json.dumps(rows[0]["data"], indent=1)
     assert texts[event_rows()[0]["id"]] == column_json(rows[0]["data"])
+
+
+async def test_outcomes_are_recorded_as_sqlalchemy_records_them(store: Store) -> None:
+    """The UPDATE that moves deliveries to their next state after an attempt, including one
+    whose lease no longer matches (another claim has it: left as it is)."""
+    event_id = event_rows()[0]["id"]
+    lease = NOW + timedelta(minutes=1)
+    deliveries = [
+        (f"dlv_{n}", event_id, store.endpoint_id, "acme", "delivering", n, NOW, lease, NOW, NOW)
+        for n in range(4)
+    ]
+    rows = [
+        ("succeeded", None, NOW, "dlv_0", lease),
+        ("pending", NOW + timedelta(seconds=30), NOW, "dlv_1", lease),
+        ("failed", None, NOW + timedelta(microseconds=1), "dlv_2", lease),
+        ("succeeded", None, NOW, "dlv_3", lease + timedelta(seconds=1)),  # not its lease
+    ]
+
+    async def claimed(session: AsyncSession) -> None:
+        await events_stored(session)
+        await outbox._INSERT_DELIVERIES.execute(
+            session, [(*delivery, None, "manual") for delivery in deliveries]
+        )
+
+    async def by_core(session: AsyncSession) -> None:
+        await claimed(session)
+        connection = await session.connection()
+        statement = queue._RECORD_OUTCOMES.statement_for(connection.dialect.name)
+        columns = queue._RECORD_OUTCOMES.columns
+        await connection.execute(statement, [dict(zip(columns, row, strict=True)) for row in rows])
+
+    async def by_bulk(session: AsyncSession) -> None:
+        await claimed(session)
+        await queue._RECORD_OUTCOMES.execute(session, rows)
+
+    expected = await stored_then_undone(store, by_core)
+    assert await stored_then_undone(store, by_bulk) == expected
+    by_id = {row[0]: row for row in expected["delivery"]}
+    status, attempts, trigger = (
+        DELIVERY_COLUMNS.index(n) for n in ("status", "attempt_count", "next_trigger")
+    )
+    assert [by_id[f"dlv_{n}"][status] for n in range(4)] == [
+        "succeeded",
+        "pending",
+        "failed",
+        "delivering",
+    ]
+    assert [by_id[f"dlv_{n}"][attempts] for n in range(4)] == ["1", "2", "3", "3"]
+    assert [by_id[f"dlv_{n}"][trigger] for n in range(4)] == ["scheduled"] * 3 + ["manual"]
+
+
+async def test_an_update_must_name_its_parameters_in_the_order_of_its_sql(store: Store) -> None:
+    """Tuples carry no names: parameters listed in another order than the SQL's are refused,
+    not written to each other's columns."""
+    delivery = queue._delivery
+    update = (
+        sa.update(delivery)
+        .where(delivery.c.id == sa.bindparam("delivery_id"))
+        .values(status=sa.bindparam("new_status"))
+    )
+    swapped = BulkStatement(update, ("delivery_id", "new_status"))
+    async with store.sessions() as session:
+        with pytest.raises(ValueError, match="not exactly"):
+            await swapped.execute(session, [("dlv_0", "failed")])
