@@ -270,7 +270,8 @@ async def test_each_engine_binds_with_its_own_settings(store: Store, database_ur
             await outbox._INSERT_EVENTS.execute(session, as_tuples(rows, EVENT_COLUMNS))
             connection = await session.connection()
             query = "SELECT id, CAST(data AS TEXT) FROM event ORDER BY id"
-            texts = dict((await connection.exec_driver_sql(query)).all())
+            found = [tuple(row) for row in (await connection.exec_driver_sql(query)).all()]
+            texts: dict[str, str] = dict(found)
     finally:
         await spaced.dispose()
     assert texts["evt_spaced"] == json.dumps(rows[0]["data"], indent=1)
