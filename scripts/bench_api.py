@@ -32,10 +32,10 @@ FLOW_TYPE = "patient_flow.completed"
 FANOUT_ENDPOINTS = 1_000
 BUNDLE_CHANGES = 500
 CLIENT_CONCURRENCY = 32
-SQLITE_PUSHES = 2  # Bundle pushes at a time: 4 measured no faster on SQLite
-POSTGRES_PUSHES = (
-    4  # on PostgreSQL 4 beat 2 (12,138 / 12,042 / 10,446 against 11,490 / 8,899 / 8,513)
-)
+# Bundle pushes at a time, by database (docs/performance.md has the measurements): on SQLite
+# 4 were no faster than 2; on PostgreSQL, where the API waits on another process, 4 beat 2.
+SQLITE_PUSHES = 2
+POSTGRES_PUSHES = 4
 MAX_IN_FLIGHT = 200
 WARM_UP_SECONDS = 1.0
 
