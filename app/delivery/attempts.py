@@ -18,6 +18,7 @@ from app.domain.models import DeliveryStatus, PayloadFormat
 from app.domain.retry import AttemptError, AttemptOutcome, RetryPolicy, Verdict
 from app.domain.secrets import SecretBox
 from app.store.deliveries import AttemptRecord, ClaimedDelivery
+from app.store.tables import SCHEDULED_TRIGGER
 
 _MESSAGE_NAMESPACE = uuid.UUID("6f1c8f38-2b3e-4c55-9d8e-0c1b5a7d9e21")
 
@@ -133,7 +134,7 @@ def judge(
     context: AttemptContext,
     now: datetime,
     rng: random.Random,
-    trigger: str = "scheduled",
+    trigger: str = SCHEDULED_TRIGGER,
 ) -> tuple[AttemptRecord, Verdict]:
     """What the delivery becomes after this attempt, and the policy's verdict."""
     attempt = claimed.attempt_count + 1

@@ -29,7 +29,14 @@ from app.store.endpoints import (
     to_endpoint,
 )
 from app.store.subscriptions import SubscriptionFace, face_of
-from app.store.tables import AttemptRow, DeliveryRow, EndpointRow, EndpointSecret, EventRow
+from app.store.tables import (
+    SCHEDULED_TRIGGER,
+    AttemptRow,
+    DeliveryRow,
+    EndpointRow,
+    EndpointSecret,
+    EventRow,
+)
 from app.store.types import UTCDateTime
 
 _delivery: sa.Table = DeliveryRow.__table__  # type: ignore[attr-defined]
@@ -60,7 +67,7 @@ class ClaimedDelivery:
     endpoint: Endpoint
     credentials: str | None
     secrets: tuple[str, ...]
-    trigger: str = "scheduled"
+    trigger: str = SCHEDULED_TRIGGER
     lease_expires_at: datetime | None = None
     event_number: int | None = None
     subscription: SubscriptionFace | None = None
@@ -76,7 +83,7 @@ class AttemptRecord:
     outcome: AttemptOutcome
     status: DeliveryStatus
     next_attempt_at: datetime | None
-    trigger: str = "scheduled"
+    trigger: str = SCHEDULED_TRIGGER
     lease_expires_at: datetime | None = None
 
 
@@ -277,7 +284,7 @@ _RECORD_OUTCOMES = BulkStatement(
         updated_at=sa.bindparam("at", type_=UTCDateTime()),
         attempt_count=_delivery.c.attempt_count + sa.literal_column("1"),
         lease_expires_at=sa.null(),
-        next_trigger=sa.literal_column("'scheduled'"),
+        next_trigger=sa.literal_column(f"'{SCHEDULED_TRIGGER}'"),  # a constant: SQL, not bound
     ),
     ("new_status", "due", "at", "delivery_id", "lease"),  # as they appear in the SQL
 )

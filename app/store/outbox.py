@@ -33,7 +33,7 @@ from app.store.candidates import CANDIDATES, endpoints_version_of
 from app.store.endpoints import Scope
 from app.store.event_numbers import assign_event_numbers
 from app.store.subscription_filters import keep_fhirpath_matches
-from app.store.tables import DeliveryRow, EventRow
+from app.store.tables import SCHEDULED_TRIGGER, DeliveryRow, EventRow
 
 _event: sa.Table = EventRow.__table__  # type: ignore[attr-defined]
 _delivery: sa.Table = DeliveryRow.__table__  # type: ignore[attr-defined]
@@ -202,7 +202,7 @@ async def _delivery_rows(
             now,
             now,
             numbers.get(endpoint_id),
-            _SCHEDULED,
+            SCHEDULED_TRIGGER,
         )
         for endpoint_id in endpoint_ids
     ]
@@ -215,7 +215,6 @@ def _named(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
 
 
 _PENDING = DeliveryStatus.PENDING.value
-_SCHEDULED = "scheduled"  # what queued the first attempt (see `DeliveryRow.next_trigger`)
 _INSERT_DELIVERIES = BulkStatement(
     sa.insert(_delivery),
     (

@@ -154,6 +154,10 @@ class EventRow(SQLModel, table=True):
     change_key: str | None = Field(default=None, max_length=400)
 
 
+# The trigger of an attempt the retry schedule queued (the others are `manual`).
+SCHEDULED_TRIGGER = "scheduled"
+
+
 class DeliveryRow(SQLModel, table=True):
     """One (event, endpoint) delivery: the queue is this table."""
 
@@ -175,7 +179,7 @@ class DeliveryRow(SQLModel, table=True):
     updated_at: datetime = Field(sa_column=_time_column())
     event_number: int | None = Field(default=None)
     # What queued the next attempt: `scheduled`, or `manual` after a redeliver/recover/replay.
-    next_trigger: str = Field(default="scheduled", max_length=16)
+    next_trigger: str = Field(default=SCHEDULED_TRIGGER, max_length=16)
 
 
 class AttemptRow(SQLModel, table=True):
@@ -191,7 +195,7 @@ class AttemptRow(SQLModel, table=True):
     status_code: int | None = Field(default=None)
     error_kind: str | None = Field(default=None, max_length=40)
     response_excerpt: str = Field(default="", max_length=8192)
-    trigger: str = Field(default="scheduled", max_length=16)
+    trigger: str = Field(default=SCHEDULED_TRIGGER, max_length=16)
 
 
 class UpstreamServer(SQLModel, table=True):
