@@ -64,9 +64,14 @@ def validate_event_type_filter(value: str, catalog: Catalog) -> str | None:
     return None
 
 
+@lru_cache(maxsize=4096)
+def _subscription_pattern_set(event_type: str) -> frozenset[str]:
+    return frozenset(subscription_patterns(event_type))
+
+
 def accepts_event_type(filters: Collection[str], event_type: str) -> bool:
     """True when any of an endpoint's `event_types` filter values matches `event_type`."""
-    return any(pattern in filters for pattern in subscription_patterns(event_type))
+    return not _subscription_pattern_set(event_type).isdisjoint(filters)
 
 
 class CriteriaCache:
