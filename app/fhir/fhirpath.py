@@ -170,9 +170,10 @@ class MemberPath:
     """`Type.a.b.c`: member navigation only, from a resource type, through elements that are
     not choice types (`value[x]`). Most search parameters' expressions are of this form.
 
-    Its result is what fhirpathpy returns for it, read straight off the JSON, about ten times
-    faster. `read` answers None where that would not be certain (a resource without
-    `resourceType`, or a contained resource on the way), and the caller asks fhirpathpy.
+    Its result is what fhirpathpy returns for it, read straight off the JSON six to twelve
+    times faster (docs/performance.md). `read` answers None where that would not be certain
+    (a resource without `resourceType`, or a contained resource on the way), and the caller
+    asks fhirpathpy.
     """
 
     resource_type: str
