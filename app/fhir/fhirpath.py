@@ -227,7 +227,7 @@ def _member_names(node: dict[str, Any]) -> list[str] | None:
     return None
 
 
-def member_path(tree: dict[str, Any]) -> MemberPath | None:
+def _member_path(tree: dict[str, Any]) -> MemberPath | None:
     """The expression as a `MemberPath`, or None when it is not one. Each step's type is
     followed through the R4 model as fhirpathpy follows it, so that a choice-type element
     anywhere on the path is recognised."""
@@ -330,4 +330,4 @@ def compile_expression(text: str) -> FhirPathExpression:
     except Exception as error:  # the ANTLR lexer raises its own errors on stray characters
         raise FhirPathError(f"invalid FHIRPath {text!r}: {error}") from error
     _check_semantics(text, tree)
-    return FhirPathExpression(text=text, tree=tree, members=member_path(tree))
+    return FhirPathExpression(text=text, tree=tree, members=_member_path(tree))

@@ -88,18 +88,12 @@ class CandidateCache:
             OrderedDict()
         )
 
-    async def candidates(
-        self, session: AsyncSession, organization_id: str, event_type: str
-    ) -> tuple[Endpoint, ...]:
-        """What `select_candidate_endpoints` would return, as seen by this transaction."""
-        version = await endpoints_version(session, organization_id)
-        return await self.candidates_at(session, organization_id, event_type, version)
-
     async def candidates_at(
         self, session: AsyncSession, organization_id: str, event_type: str, version: str | None
     ) -> tuple[Endpoint, ...]:
-        """`candidates`, given the organization's `endpoints_version` as this transaction
-        read it (see `endpoints_version_of`)."""
+        """What `select_candidate_endpoints` would return, as seen by this transaction, given
+        the organization's `endpoints_version` as this transaction read it (the event INSERT
+        returns it, `endpoints_version_of`; elsewhere `endpoints_version` reads it)."""
         if version is None:
             return ()
         key = (organization_id, event_type)

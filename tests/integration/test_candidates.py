@@ -136,7 +136,9 @@ async def test_a_rolled_back_change_leaves_no_trace(api: Api) -> None:
                 session, row, {"event_types": ["patient.created"]}, api.clock()
             )
             # Matching inside the failing transaction sees (and caches) its own change ...
-            assert await cache.candidates(session, "acme", "encounter.updated") == ()
+            version = await candidates.endpoints_version(session, "acme")
+            found = await cache.candidates_at(session, "acme", "encounter.updated", version)
+            assert found == ()
             raise RuntimeError("roll back")
     # ... but that version never becomes the organization's: the next event sees the endpoint.
     assert await publish(api, source) == {endpoint_id}
