@@ -3,22 +3,19 @@
 The guard sits where names become addresses, so the address judged is the address
 connected to and there is no window for DNS rebinding:
 
-- `GuardedResolver` is the aiohttp connector's resolver. It looks the name up, drops
-  every address `addresses.forbidden_reason` refuses, and hands aiohttp only the rest;
-  aiohttp then connects to one of those (with the original name kept for the `Host`
-  header, SNI and certificate checks). aiohttp caches what the resolver returned, so
-  cached answers were checked too.
-- aiohttp skips the resolver for IP literals, so `check_literal_host` judges those
-  before the request starts.
+- `permitted_addresses` is what the sender's HTTP client (`http1.Http1Client`) asks for
+  the addresses of a host when it opens a connection. It looks the name up and returns
+  only the addresses `addresses.forbidden_reason` allows; the client connects to one of
+  those (with the original name kept for the `Host` header, SNI and certificate checks).
+  Nothing is cached: every new connection is judged on a fresh answer.
+- A URL host that only looks like an IP literal (`2130706433`, `127.1`) would be read by
+  the socket layer as some address; `check_literal_host` refuses it before the request.
 """
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Sequence
 from ipaddress import ip_address
-
-from aiohttp.abc import AbstractResolver, ResolveResult
 
 from app.domain import addresses
 from app.domain.addresses import IPAddress, IPNetwork, Resolver
@@ -28,41 +25,39 @@ class RefusedAddressError(OSError):
     """The endpoint's host is, or resolves only to, addresses Tidings must not connect to."""
 
 
-class GuardedResolver(AbstractResolver):
-    """An aiohttp resolver that only ever returns addresses the SSRF rule permits."""
+class UnresolvedHostError(OSError):
+    """The endpoint's host name does not resolve."""
 
-    def __init__(self, resolve: Resolver, allowed: Sequence[IPNetwork]) -> None:
-        self._resolve = resolve
-        self._allowed = tuple(allowed)
 
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        """Resolve `host`, keeping only permitted addresses of the wanted family.
+async def permitted_addresses(
+    resolve: Resolver, host: str, port: int, allowed: Sequence[IPNetwork]
+) -> list[IPAddress]:
+    """The addresses of `host` that the SSRF rule permits, in the resolver's order.
 
-        Raises:
-            RefusedAddressError: when the name resolves only to refused addresses.
-            OSError: when the name does not resolve.
-        """
-        found = [a for a in await self._resolve(host, port) if _family_matches(a, family)]
-        if not found:
-            raise OSError(f"{host} has no address")
-        permitted = [a for a in found if addresses.forbidden_reason(a, self._allowed) is None]
-        if not permitted:
-            reason = addresses.forbidden_reason(found[0], self._allowed)
-            raise RefusedAddressError(f"{host} resolves to {found[0]}, {reason}")
-        return [_resolve_result(host, address, port) for address in permitted]
-
-    async def close(self) -> None:
-        """Nothing to release: resolving holds no resources."""
+    Raises:
+        UnresolvedHostError: when the name does not resolve.
+        RefusedAddressError: when it resolves only to refused addresses.
+    """
+    try:
+        found = list(await resolve(host, port))
+    except OSError as error:  # socket.gaierror included
+        raise UnresolvedHostError(f"{host} does not resolve: {error}") from error
+    if not found:
+        raise UnresolvedHostError(f"{host} has no address")
+    permitted = [a for a in found if addresses.forbidden_reason(a, allowed) is None]
+    if not permitted:
+        reason = addresses.forbidden_reason(found[0], allowed)
+        raise RefusedAddressError(f"{host} resolves to {found[0]}, {reason}")
+    return permitted
 
 
 def check_literal_host(host: str, allowed: Sequence[IPNetwork]) -> None:
     """Refuse a URL host that is a forbidden IP literal; names are left to the resolver.
 
-    aiohttp takes a host for an IP literal when it contains a colon or only digits and
-    dots; such a host that is not a canonical address (`2130706433`, `127.1`) is
-    refused outright, as the socket layer would read it as some address.
+    A host is taken for an IP literal when it contains a colon or only digits and dots;
+    such a host that is not a canonical address (`2130706433`, `127.1`) is refused
+    outright, as the socket layer would read it as some address. Names are judged by
+    `permitted_addresses`.
 
     Raises:
         RefusedAddressError: when the literal is forbidden or not canonical.
@@ -76,22 +71,3 @@ def check_literal_host(host: str, allowed: Sequence[IPNetwork]) -> None:
     reason = addresses.forbidden_reason(address, allowed)
     if reason is not None:
         raise RefusedAddressError(f"{address} is {reason}")
-
-
-def _family_matches(address: IPAddress, family: int) -> bool:
-    if family == socket.AF_INET:
-        return address.version == 4
-    if family == socket.AF_INET6:
-        return address.version == 6
-    return True
-
-
-def _resolve_result(host: str, address: IPAddress, port: int) -> ResolveResult:
-    return {
-        "hostname": host,
-        "host": str(address),
-        "port": port,
-        "family": socket.AF_INET if address.version == 4 else socket.AF_INET6,
-        "proto": 0,
-        "flags": socket.AI_NUMERICHOST,
-    }

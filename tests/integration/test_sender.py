@@ -5,16 +5,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import socket
+import ssl
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from ipaddress import ip_address
 
 import pytest
+import trustme
 from aiohttp import web
 
 import app
+from app.delivery import http1
+from app.delivery.http1 import Origin
 from app.delivery.sender import OutboundRequest, Sender
 from app.domain.addresses import IPAddress, IPNetwork, parse_networks
 from app.domain.retry import AttemptError
@@ -380,3 +385,221 @@ async def test_broken_peers(
         server.close()
         await server.wait_closed()
     assert (outcome.status, outcome.error) == (None, error)
+
+
+# HTTP/1.1 as the sender's own client speaks it (`app/delivery/http1.py`).
+
+
+def answering(response: bytes) -> Callable[[asyncio.StreamWriter], None]:
+    def answer(writer: asyncio.StreamWriter) -> None:
+        writer.write(response)
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("response", "status", "excerpt", "error"),
+    [
+        (b"HTTP/1.1 200 OK\r\n\r\nread until the close", 200, "read until the close", None),
+        (
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
+            201,
+            "ok",
+            None,
+        ),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\ncut short", None, "", AttemptError.RESET),
+        (
+            b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"a" * 70_000 + b"\r\n\r\n",
+            None,
+            "",
+            AttemptError.INVALID_RESPONSE,
+        ),
+        (
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
+            None,
+            "",
+            AttemptError.INVALID_RESPONSE,
+        ),
+    ],
+    ids=["until-close", "interim-100", "cut-short", "endless-headers", "upgrade"],
+)
+async def test_answers_at_the_edges_of_http_1_1(
+    sender: Sender, response: bytes, status: int | None, excerpt: str, error: AttemptError | None
+) -> None:
+    server = await raw_server(answering(response))
+    port = server.sockets[0].getsockname()[1]
+    try:
+        outcome = await sender.send(OutboundRequest(f"http://127.0.0.1:{port}/", BODY))
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert (outcome.status, outcome.response_excerpt, outcome.error) == (status, excerpt, error)
+
+
+@dataclass
+class KeepAliveServer:
+    """A raw HTTP/1.1 server that answers every request on a connection with `response`
+    (200 `ok` by default) and counts connections opened and closed by the client."""
+
+    response: bytes = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    opened: int = 0
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    writers: list[asyncio.StreamWriter] = field(default_factory=list)
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.opened += 1
+        self.writers.append(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                await reader.readexactly(length)
+                writer.write(self.response)
+                if b"Connection: close" in self.response:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+            self.closed.set()
+        writer.close()
+
+    async def close(self) -> None:
+        for writer in self.writers:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except (ConnectionError, ssl.SSLError):
+                pass
+
+
+@asynccontextmanager
+async def keep_alive_server(
+    server: KeepAliveServer, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[int]:
+    listening = await asyncio.start_server(server.serve, "127.0.0.1", 0, ssl=tls)
+    try:
+        yield listening.sockets[0].getsockname()[1]
+    finally:
+        listening.close()
+        await server.close()
+        await listening.wait_closed()
+
+
+async def test_connection_close_is_honoured(sender: Sender) -> None:
+    server = KeepAliveServer(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
+    async with keep_alive_server(server) as port:
+        for _ in range(3):
+            assert (
+                await sender.send(OutboundRequest(f"http://127.0.0.1:{port}/", BODY))
+            ).status == 200
+    assert server.opened == 3
+
+
+async def test_a_connection_closed_while_idle_is_not_used_again(sender: Sender) -> None:
+    server = await raw_server(answering(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+    port = server.sockets[0].getsockname()[1]  # answers once per connection, then closes it
+    try:
+        for _ in range(3):
+            outcome = await sender.send(OutboundRequest(f"http://127.0.0.1:{port}/", BODY))
+            assert (outcome.status, outcome.error) == (200, None)
+            await asyncio.sleep(0.05)  # the close reaches the client
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_idle_connections_close_after_the_keep_alive(
+    sender: Sender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http1, "KEEPALIVE_SECONDS", 0.1)
+    server = KeepAliveServer()
+    async with keep_alive_server(server) as port:
+        assert (await sender.send(OutboundRequest(f"http://127.0.0.1:{port}/", BODY))).status == 200
+        await asyncio.wait_for(server.closed.wait(), timeout=2)
+        assert (await sender.send(OutboundRequest(f"http://127.0.0.1:{port}/", BODY))).status == 200
+    assert server.opened == 2
+
+
+async def test_at_most_max_connections_attempts_are_in_flight(receiver: Receiver) -> None:
+    async with Sender(allowed_networks=LOOPBACK, max_connections=2) as sender:
+        outcomes = await asyncio.gather(
+            *(
+                sender.send(OutboundRequest(receiver.url("/hang"), BODY, timeout=0.3))
+                for _ in range(3)
+            )
+        )
+    assert {outcome.error for outcome in outcomes} == {AttemptError.TIMEOUT}
+    assert len(receiver.seen) == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("X-Partner", "a\r\nX-Injected: 1"), ("Bad Name", "x"), ("X-Nul", "a\0b")]
+)
+async def test_a_header_that_cannot_be_sent_sends_nothing(
+    receiver: Receiver, sender: Sender, name: str, value: str
+) -> None:
+    request = OutboundRequest(receiver.url("/ok"), BODY, headers={name: value})
+    outcome = await sender.send(request)
+    assert (outcome.status, outcome.error) == (None, AttemptError.PAYLOAD)
+    assert receiver.seen == []
+
+
+@pytest.mark.parametrize(
+    ("origin", "header"),
+    [
+        (Origin("http", "example.com", 80), "example.com"),
+        (Origin("https", "example.com", 443), "example.com"),
+        (Origin("https", "example.com", 80), "example.com:80"),
+        (Origin("http", "::1", 8080), "[::1]:8080"),
+    ],
+)
+def test_the_host_header_names_the_origin(origin: Origin, header: str) -> None:
+    assert origin.host_header == header
+
+
+# TLS: the certificate is checked against the URL's host name, not the address dialled.
+
+
+@pytest.fixture(scope="module")
+def authority() -> trustme.CA:
+    return trustme.CA()
+
+
+def server_tls(authority: trustme.CA, *names: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert(*names).configure_cert(context)
+    return context
+
+
+def trusting(authority: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    authority.configure_trust(context)
+    return context
+
+
+@pytest.mark.parametrize(
+    ("certified", "trusted", "status", "error"),
+    [
+        ("partner.example", True, 200, None),
+        ("partner.example", False, None, AttemptError.TLS),
+        ("other.example", True, None, AttemptError.TLS),
+    ],
+)
+async def test_https_checks_the_certificate_against_the_host_name(
+    authority: trustme.CA,
+    certified: str,
+    trusted: bool,
+    status: int | None,
+    error: AttemptError | None,
+) -> None:
+    server = KeepAliveServer()
+    tls = trusting(authority) if trusted else None
+    resolve = resolving_to("127.0.0.1")
+    async with (
+        keep_alive_server(server, server_tls(authority, certified)) as port,
+        Sender(allowed_networks=LOOPBACK, resolver=resolve, tls=tls) as sender,
+    ):
+        outcome = await sender.send(OutboundRequest(f"https://partner.example:{port}/", BODY))
+    assert (outcome.status, outcome.error) == (status, error)
