@@ -8,9 +8,15 @@ engine's dialect with SQLAlchemy, so the text, the casts and the RETURNING are t
 SQLAlchemy would send; takes rows as tuples in the order of its parameters; converts the
 values whose parameter type has a bind processor with that same processor, so the stored
 values are exactly those of `connection.execute(statement, dicts)`; and passes the result to
-the driver with `exec_driver_sql`: one executemany for a plain INSERT or UPDATE, and for an
-INSERT ... RETURNING multi-row VALUES pages as SQLAlchemy's "insertmanyvalues" makes them
-(sized by the dialect's `insertmanyvalues_page_size` and `insertmanyvalues_max_parameters`).
+the driver with `exec_driver_sql`:
+
+- a plain INSERT or UPDATE on SQLite: one executemany;
+- the same on PostgreSQL: one statement over arrays, a column each (`unnest`). An executemany
+  runs the statement once per row on the server; one statement for all the rows cost the
+  server 13-16 against 22 µs per row for the worker's UPDATE of 256 deliveries (about 40 %
+  less), and it is one round trip;
+- an INSERT ... RETURNING: multi-row VALUES pages as SQLAlchemy's "insertmanyvalues" makes them
+  (sized by the dialect's `insertmanyvalues_page_size` and `insertmanyvalues_max_parameters`).
 """
 
 from __future__ import annotations
@@ -40,7 +46,9 @@ class BulkStatement:
     An INSERT's `columns` are the columns it fills; every column it would fill from a
     Python-side default must be among them: no default is applied here. An UPDATE's `columns`
     are its bound parameters, in the order they appear in its SQL (constants are written as
-    SQL, not bound); a column with a Python-side `onupdate` must be set explicitly.
+    SQL, not bound); a column with a Python-side `onupdate` must be set explicitly. The rows
+    of one UPDATE must each match different rows of the table: on PostgreSQL they are applied
+    by one statement, which changes a row once.
     """
 
     def __init__(
@@ -67,6 +75,10 @@ class BulkStatement:
         connection = await session.connection()
         compiled = self._compiled_for(connection.dialect)
         parameters = compiled.bound(rows)
+        if compiled.columnar is not None:
+            arrays = tuple(list(values) for values in zip(*parameters, strict=True))
+            await connection.exec_driver_sql(compiled.columnar, arrays)
+            return []
         if not compiled.returning:
             await connection.exec_driver_sql(compiled.text, parameters)
             return []
@@ -94,6 +106,7 @@ class _Compiled:
     text: str  # one row
     processors: tuple[tuple[int, Callable[[Any], Any]], ...]  # (column index, bind processor)
     returning: bool
+    columnar: str | None = None  # PostgreSQL, no RETURNING: the statement over `unnest` arrays
     head: str = ""  # for RETURNING: the text before the VALUES rows...
     pieces: tuple[str, ...] = ()  # ...one row's VALUES between its placeholders...
     tail: str = ""  # ...and the text after them
@@ -157,7 +170,38 @@ def _compile(statement: _Statement, columns: tuple[str, ...], dialect: Dialect) 
         if not isinstance(statement, sa.Insert):
             raise NotImplementedError("only an INSERT may have RETURNING")
         _split_values(result, text, placeholder, len(columns))
+    elif dialect.name == "postgresql":
+        render_cast: Callable[..., str] = compiled.render_bind_cast  # untyped in SQLAlchemy
+        casts = [
+            render_cast(
+                compiled.binds[name].type,
+                compiled.binds[name].type.dialect_impl(dialect),
+                f"${number}",
+            )
+            for number, name in enumerate(columns, start=1)
+        ]
+        result.columnar = _over_arrays(text, casts, isinstance(statement, sa.Insert))
     return result
+
+
+def _over_arrays(text: str, casts: Sequence[str], insert: bool) -> str:
+    """`text`, whose parameters are `casts` (`$1::VARCHAR`...), rewritten to take every row at
+    once: a column of values per parameter, `unnest` turning them back into rows."""
+    found = [list(re.finditer(re.escape(cast) + r"(?=[,) ]|$)", text)) for cast in casts]
+    if any(len(matches) != 1 for matches in found):
+        raise ValueError(f"cannot find each parameter of {text!r} once")
+    arrays = ", ".join(f"{cast}[]" for cast in casts)
+    if insert:
+        row = f" VALUES ({', '.join(casts)})"
+        if text.count(row) != 1:
+            raise ValueError(f"cannot turn the VALUES of {text!r} into arrays")
+        return text.replace(row, f" SELECT * FROM unnest({arrays})")
+    if text.count(" WHERE ") != 1 or " FROM " in text:
+        raise ValueError(f"cannot turn {text!r} into an UPDATE over arrays")
+    for number, cast in enumerate(casts, start=1):
+        text = re.sub(re.escape(cast) + r"(?=[,) ]|$)", f"_rows.p{number}", text)
+    names = ", ".join(f"p{number}" for number in range(1, len(casts) + 1))
+    return text.replace(" WHERE ", f" FROM unnest({arrays}) AS _rows({names}) WHERE ")
 
 
 def _page_rows(dialect: Dialect, width: int) -> int:
