@@ -11,20 +11,25 @@ is what the sender never uses: redirects, cookies, proxies, compression, request
   accepts. The sender's function applies the SSRF rule there, so the address judged is the
   address connected to. The URL's host name is kept for `Host`, SNI and the certificate check.
 - Idle connections are pooled by (scheme, host, port) and the most recently used one is taken
-  first. A connection the peer closed, or one idle for `KEEPALIVE_SECONDS`, is never used again.
+  first. A connection the peer closed (even if the loop has not seen it yet), one idle for
+  `KEEPALIVE_SECONDS`, or one whose response did not end cleanly is never used again.
 - At most `max_connections` exchanges are in flight; the rest wait, inside their timeout.
 - One timeout covers a whole exchange, from waiting for a slot through the last byte read.
 - The body is read up to `body_limit` bytes. A longer body closes the connection instead of
   being drained, so a huge or endless body costs nothing. A response framed by neither
   Content-Length nor chunked encoding ends when the peer closes.
-- Response headers beyond `MAX_HEADER_BYTES` make the response invalid: the memory a
-  response can take is bounded.
+- Response headers (with any chunk framing and trailers) beyond `MAX_HEADER_BYTES` make the
+  response invalid: the memory a response can take is bounded. Trailers are not headers
+  (RFC 9110 6.5.1): they are not read into the response.
+- A failed or timed-out exchange aborts its connection: an unsent request is dropped, not
+  left waiting for a receiver that stopped reading.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import select
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -34,7 +39,9 @@ import httptools
 
 from app.domain.addresses import IPAddress
 
-KEEPALIVE_SECONDS = 15.0
+# Shorter than the 5 s after which Node.js, uvicorn and Apache close an idle connection, so a
+# connection is not reused just as the receiver closes it.
+KEEPALIVE_SECONDS = 4.0
 MAX_HEADER_BYTES = 64 * 1024
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _SET_BY_CLIENT = frozenset({"host", "content-length", "transfer-encoding", "connection"})
@@ -53,6 +60,10 @@ class InvalidHeaderError(ValueError):
 
 class InvalidResponseError(Exception):
     """The peer answered something that is not an HTTP/1.1 response."""
+
+
+class _Stop(Exception):
+    """Raised in a parser callback to stop parsing: the exchange is over, the rest is unread."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +113,7 @@ class Http1Client:
         self._tls = tls
         self._idle: dict[Origin, list[_Connection]] = {}
         self._sweep: asyncio.TimerHandle | None = None
+        self._generation = 0  # bumped by aclose: exchanges begun before it are not pooled
 
     async def post(
         self,
@@ -123,6 +135,7 @@ class Http1Client:
             OSError: whatever `addresses` raised.
         """
         request = _request_bytes(origin, target, headers, body)
+        generation = self._generation
         async with asyncio.timeout(timeout), self._slots:
             connection = self._pooled(origin) or await self._connect(origin)
             try:
@@ -130,7 +143,7 @@ class Http1Client:
             except BaseException:
                 connection.close()
                 raise
-        if reusable:
+        if reusable and connection.is_open and generation == self._generation:
             self._keep(origin, connection)
         else:
             connection.close()
@@ -139,6 +152,7 @@ class Http1Client:
     async def aclose(self) -> None:
         """Close every idle connection. The client may be used again afterwards."""
         idle, self._idle = self._idle, {}
+        self._generation += 1
         if self._sweep is not None:
             self._sweep.cancel()
             self._sweep = None
@@ -153,7 +167,7 @@ class Http1Client:
         too_old = time.monotonic() - KEEPALIVE_SECONDS
         while connections:
             connection = connections.pop()
-            if connection.is_open and connection.idle_since > too_old:
+            if connection.is_open and connection.idle_since > too_old and connection.quiet():
                 return connection
             connection.close()
         del self._idle[origin]
@@ -181,8 +195,9 @@ class Http1Client:
             else:
                 del self._idle[origin]
         if self._idle:
-            loop = asyncio.get_running_loop()
-            self._sweep = loop.call_later(KEEPALIVE_SECONDS, self._close_stale)
+            oldest = min(c.idle_since for cs in self._idle.values() for c in cs)
+            delay = max(oldest + KEEPALIVE_SECONDS - time.monotonic(), 0.0) + 0.01
+            self._sweep = asyncio.get_running_loop().call_later(delay, self._close_stale)
 
     async def _connect(self, origin: Origin) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -219,7 +234,10 @@ def _request_bytes(origin: Origin, target: str, headers: Mapping[str, str], body
             raise InvalidHeaderError(f"header {name!r} cannot be sent")
         lines.append(f"{name}: {value}\r\n")
     lines.append(f"Content-Length: {len(body)}\r\n\r\n")
-    return "".join(lines).encode() + body
+    try:
+        return "".join(lines).encode() + body
+    except UnicodeEncodeError as error:  # a lone surrogate
+        raise InvalidHeaderError(f"the request head cannot be encoded: {error}") from None
 
 
 class _Connection(asyncio.Protocol):
@@ -234,7 +252,9 @@ class _Connection(asyncio.Protocol):
         self._headers: list[tuple[str, str]] = []
         self._header_bytes = 0
         self._headers_done = False
+        self._until_close = False
         self._body = bytearray()
+        self._framing_bytes = 0
         self.is_open = True
         self.idle_since = 0.0
 
@@ -244,6 +264,7 @@ class _Connection(asyncio.Protocol):
         assert self._transport is not None and self._answer is None
         self._answer = asyncio.get_running_loop().create_future()
         self._body_limit = body_limit
+        self._framing_bytes = 0
         self._start_response()
         self._transport.write(request)
         try:
@@ -252,22 +273,40 @@ class _Connection(asyncio.Protocol):
             self._answer = None
 
     def close(self) -> None:
+        """Close at once: abort(), not close(), which would wait (forever, if the peer stops
+        reading) for an unsent request to drain."""
         self.is_open = False
         if self._transport is not None:
-            self._transport.close()
+            self._transport.abort()
+
+    def quiet(self) -> bool:
+        """Whether an idle connection has nothing to read: a FIN or stray bytes the loop has
+        not processed yet make it unusable."""
+        assert self._transport is not None
+        if self._transport.is_closing():
+            return False
+        sock = self._transport.get_extra_info("socket")
+        if sock is None:
+            return True
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        return not poller.poll(0)
 
     def _start_response(self) -> None:
         self._status = 0
         self._headers = []
         self._header_bytes = 0
         self._headers_done = False
+        self._until_close = False
         self._body = bytearray()
 
     def _finish(self, reusable: bool) -> None:
         answer = self._answer
         if answer is not None and not answer.done():
             response = Response(self._status, self._headers, bytes(self._body))
-            answer.set_result((response, reusable and self.is_open))
+            assert self._transport is not None
+            unsent = self._transport.get_write_buffer_size()  # answered before it was all sent
+            answer.set_result((response, reusable and self.is_open and not unsent))
 
     def _fail(self, error: BaseException) -> None:
         answer = self._answer
@@ -284,6 +323,7 @@ class _Connection(asyncio.Protocol):
         if self._answer is None or self._answer.done():
             self.close()  # nothing was asked: the peer is out of step
             return
+        self._framing_bytes += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -293,38 +333,56 @@ class _Connection(asyncio.Protocol):
             cause = error.__context__ or error
             self._fail(InvalidResponseError(f"not an HTTP/1.1 response: {cause}"))
             self.close()
+        else:
+            # httptools buffers a header line until it ends, before on_header can count it:
+            # bound what is not body (status lines, headers, chunk framing, trailers) here.
+            answer = self._answer
+            if answer is not None and not answer.done() and self._framing_bytes > MAX_HEADER_BYTES:
+                self._fail(InvalidResponseError(f"response headers over {MAX_HEADER_BYTES} bytes"))
+                self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.is_open = False
-        if self._headers_done and not self._framed():
-            self._finish(reusable=False)  # a body that ends when the connection does
+        if exc is None and self._headers_done and self._until_close:
+            self._finish(reusable=False)  # a body that ends when the connection does (cleanly)
         else:
             self._fail(
                 exc or ConnectionResetError("the receiver closed the connection mid-response")
             )
 
-    def _framed(self) -> bool:
-        return any(name in ("content-length", "transfer-encoding") for name, _ in self._headers)
+    def _ends_at_close(self) -> bool:
+        """Whether the body is delimited by the close (RFC 9112 6.3), as llhttp reads it."""
+        if self._status < 200 or self._status in (204, 304):
+            return False
+        codings = [v for name, v in self._headers if name == "transfer-encoding"]
+        if codings:
+            return codings[-1].rsplit(",", 1)[-1].strip().lower() != "chunked"
+        return not any(name == "content-length" for name, _ in self._headers)
 
     # httptools callbacks
 
     def on_message_begin(self) -> None:
         if self._answer is None or self._answer.done():
             self.close()  # a second response to one request: the peer is out of step
+            raise _Stop  # and parse none of it into the response already handed over
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_bytes += len(name) + len(value)
+        self._header_bytes += len(name) + len(value) + 32  # a header's objects cost too
         if self._header_bytes > MAX_HEADER_BYTES:
             raise InvalidResponseError(f"response headers over {MAX_HEADER_BYTES} bytes")
+        if self._headers_done or self._answer is None or self._answer.done():
+            return  # a trailer, not merged into the header section (RFC 9110 6.5.1)
         self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         self._status = self._parser.get_status_code()
         self._headers_done = True
+        self._until_close = self._ends_at_close()
 
     def on_body(self, body: bytes) -> None:
         if self._answer is None or self._answer.done():
             return
+        self._framing_bytes -= len(body)
         room = self._body_limit - len(self._body)
         if len(body) <= room:
             self._body += body
@@ -332,6 +390,7 @@ class _Connection(asyncio.Protocol):
         self._body += body[:room]
         self._finish(reusable=False)  # the rest is not read: the connection closes
         self.close()
+        raise _Stop
 
     def on_message_complete(self) -> None:
         if self._status < 200:  # an interim answer (100 Continue): the real one follows

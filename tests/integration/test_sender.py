@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import socket
 import ssl
 import struct
@@ -535,7 +536,13 @@ async def test_at_most_max_connections_attempts_are_in_flight(receiver: Receiver
 
 
 @pytest.mark.parametrize(
-    ("name", "value"), [("X-Partner", "a\r\nX-Injected: 1"), ("Bad Name", "x"), ("X-Nul", "a\0b")]
+    ("name", "value"),
+    [
+        ("X-Partner", "a\r\nX-Injected: 1"),
+        ("Bad Name", "x"),
+        ("X-Nul", "a\0b"),
+        ("X-Surrogate", "\udc80"),
+    ],
 )
 async def test_a_header_that_cannot_be_sent_sends_nothing(
     receiver: Receiver, sender: Sender, name: str, value: str
@@ -603,3 +610,102 @@ async def test_https_checks_the_certificate_against_the_host_name(
     ):
         outcome = await sender.send(OutboundRequest(f"https://partner.example:{port}/", BODY))
     assert (outcome.status, outcome.error) == (status, error)
+
+
+# How a response ends, and what a hostile receiver cannot make the client hold.
+
+
+def cut_by_reset(writer: asyncio.StreamWriter) -> None:
+    writer.write(b"HTTP/1.1 200 OK\r\n\r\npartial")
+    reset(writer)
+
+
+def unsolicited_second_response(writer: asyncio.StreamWriter) -> None:
+    writer.write(
+        b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n"
+        b"HTTP/1.1 400 No\r\nWebhook-Delivery: abort-message\r\n\r\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("answer", "status", "error"),
+    [
+        (cut_by_reset, None, AttemptError.RESET),
+        (answering(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nabc"), 200, None),
+        (unsolicited_second_response, 503, None),
+    ],
+    ids=["until-close-cut-by-reset", "until-close-non-chunked-coding", "unsolicited-response"],
+)
+async def test_how_a_response_ends(
+    sender: Sender,
+    answer: Callable[[asyncio.StreamWriter], None],
+    status: int | None,
+    error: AttemptError | None,
+) -> None:
+    server = await raw_server(answer)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        outcome = await sender.send(OutboundRequest(f"http://127.0.0.1:{port}/", BODY))
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert (outcome.status, outcome.error, outcome.abort) == (status, error, False)
+
+
+async def test_an_endless_header_line_is_cut_at_the_cap(sender: Sender) -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Pad: ")
+        try:
+            for _ in range(256):  # 16 MiB of one header value, never ended
+                writer.write(b"a" * 65536)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        outcome = await sender.send(OutboundRequest(f"http://127.0.0.1:{port}/", BODY, timeout=5))
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert outcome.error is AttemptError.INVALID_RESPONSE
+    assert outcome.duration_ms < 1000
+
+
+async def test_a_timed_out_request_closes_its_socket_though_unsent(sender: Sender) -> None:
+    def open_files() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def never_reads(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    server = await asyncio.start_server(never_reads, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    before = open_files()
+    try:
+        request = OutboundRequest(f"http://127.0.0.1:{port}/", b"x" * 32_000_000, timeout=0.2)
+        assert (await sender.send(request)).error is AttemptError.TIMEOUT
+        await asyncio.sleep(0.1)
+        assert open_files() - before == len(accepted) == 1  # the server's end only
+    finally:
+        for writer in accepted:
+            writer.transport.abort()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_pooled_connection_the_peer_just_closed_is_not_used(sender: Sender) -> None:
+    server = await raw_server(answering(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+    port = server.sockets[0].getsockname()[1]  # closes after one answer, without saying so
+    try:
+        for _ in range(4):  # back to back: the FIN may not have been processed yet
+            outcome = await sender.send(OutboundRequest(f"http://127.0.0.1:{port}/", BODY))
+            assert (outcome.status, outcome.error) == (200, None)
+    finally:
+        server.close()
+        await server.wait_closed()
