@@ -6,6 +6,7 @@ print. Run from the repository root with the project's virtualenv:
     .venv/bin/python scripts/bench_probe.py e2e                         # `serve` on SQLite
     .venv/bin/python scripts/bench_probe.py e2e --postgres --seconds 20 # `api` + `worker`
     .venv/bin/python scripts/bench_probe.py sender                      # no database
+    .venv/bin/python scripts/bench_probe.py queue --postgres --deliveries 50000
 
 drain: `tidings worker` processes drain N pending deliveries to 10 endpoints of the fast
 receiver, held until the workers have started, then released at once; prints the rate from the
@@ -18,6 +19,12 @@ prints p50/p95/p99 from acceptance to arrival and of the `POST` itself, overall 
 sender: the `Sender` alone, in this process, posting the ceiling's signed requests to 10 paths
 of the fast receiver with 64, 128, 256 and 512 requests in flight (or `--in-flight N`, two
 rounds); prints the rate and this process's CPU time per request.
+
+queue: the worker's two database steps alone, one after the other, over N pending deliveries:
+claims of 256 (`claim_due_deliveries`) and the record of their successes (`record_attempts`),
+each in its own transaction, no HTTP. Prints each step's wall time per delivery and, on
+PostgreSQL, the server's CPU time per delivery (every `postgres` process in /proc, so the
+server must run on this machine and be otherwise idle).
 """
 
 from __future__ import annotations
@@ -25,11 +32,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from ipaddress import ip_network
 from pathlib import Path
 
@@ -52,12 +63,18 @@ from bench_seed import (
     EndpointSpec,
     bench_engine,
     hold_deliveries,
+    release_deliveries,
     seed_deliveries,
     seed_endpoints,
 )
 
 from app.cli import WORKER_GC_YOUNG_THRESHOLD, tune_garbage_collector
 from app.delivery.sender import Sender
+from app.domain.models import DeliveryStatus
+from app.domain.retry import AttemptOutcome
+from app.store import deliveries as queue
+from app.store.db import make_session_factory, transaction
+from app.store.deliveries import AttemptRecord, ClaimedDelivery
 
 RATE = 500
 
@@ -147,6 +164,81 @@ async def _open_loop(
     return sent
 
 
+QUEUE_BATCH = 256
+
+
+async def queue_steps(args: argparse.Namespace, work: Path, receiver: Receiver) -> None:
+    database = await _database(args, work, "probe_queue")
+    engine = bench_engine(database)
+    specs = [EndpointSpec("queue", receiver.url(f"/ok/q{n}"), ("encounter.*",)) for n in range(10)]
+    await seed_deliveries(engine, "queue", await seed_endpoints(engine, specs), args.deliveries)
+    await hold_deliveries(engine)  # vacuumed on PostgreSQL, as before a drain
+    await release_deliveries(engine)
+    sessions = make_session_factory(engine)
+    spent = {"claim": [0.0, 0.0], "record": [0.0, 0.0]}  # wall, server CPU (seconds)
+    done = 0
+    try:
+        while True:
+            now = datetime.now(UTC)
+            with _timed(spent["claim"]):
+                async with transaction(sessions) as session:
+                    claimed = await queue.claim_due_deliveries(
+                        session, now=now, limit=QUEUE_BATCH, lease_seconds=300
+                    )
+            if not claimed:
+                break
+            records = [_success(item, now) for item in claimed]
+            with _timed(spent["record"]):
+                async with transaction(sessions) as session:
+                    await queue.record_attempts(session, records)
+            done += len(claimed)
+    finally:
+        await engine.dispose()
+        await _drop(database)
+    kind = "PostgreSQL" if database.pg_name else "SQLite"
+    print(f"queue steps, {kind}, {done:,} deliveries in claims of {QUEUE_BATCH}:")
+    for step, (wall, cpu) in spent.items():
+        server = f", server CPU {cpu / done * 1e6:5.1f} µs" if database.pg_name else ""
+        print(f"  {step:6}: wall {wall / done * 1e6:5.1f} µs{server} per delivery")
+
+
+@contextmanager
+def _timed(spent: list[float]) -> Iterator[None]:
+    """Add the block's wall time and the PostgreSQL server's CPU time to `spent`."""
+    wall, cpu = time.perf_counter(), postgres_cpu_seconds()
+    yield
+    spent[0] += time.perf_counter() - wall
+    spent[1] += postgres_cpu_seconds() - cpu
+
+
+def _success(claimed: ClaimedDelivery, now: datetime) -> AttemptRecord:
+    return AttemptRecord(
+        delivery_id=claimed.id,
+        endpoint_id=claimed.endpoint.id,
+        attempted_at=now,
+        outcome=AttemptOutcome(status=200, duration_ms=1, response_excerpt="ok"),
+        status=DeliveryStatus.SUCCEEDED,
+        next_attempt_at=None,
+        lease_expires_at=claimed.lease_expires_at,
+    )
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU time of every `postgres` process on this machine so far (user + system)."""
+    ticks = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if Path(f"/proc/{entry}/comm").read_text().strip() != "postgres":
+                continue
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 SENDER_IN_FLIGHT = (64, 128, 256, 512)
 
 
@@ -202,7 +294,7 @@ async def _run(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="tidings-probe-"))
     receiver = await start_receiver(work)
     try:
-        probes = {"drain": drain, "e2e": end_to_end, "sender": sender}
+        probes = {"drain": drain, "e2e": end_to_end, "sender": sender, "queue": queue_steps}
         await probes[args.probe](args, work, receiver)
     finally:
         stop_process(receiver.process)
@@ -212,10 +304,10 @@ async def _run(args: argparse.Namespace) -> None:
 def main() -> None:
     """Run one probe and print its result."""
     parser = argparse.ArgumentParser(description="Tidings probes (see the module docstring).")
-    parser.add_argument("probe", choices=["drain", "e2e", "sender"])
+    parser.add_argument("probe", choices=["drain", "e2e", "sender", "queue"])
     parser.add_argument("--postgres", action="store_true", help="PostgreSQL instead of SQLite")
     parser.add_argument("--workers", type=int, default=1, help="drain: worker processes")
-    parser.add_argument("--deliveries", type=int, default=20_000, help="drain: queue length")
+    parser.add_argument("--deliveries", type=int, default=20_000, help="drain, queue: length")
     parser.add_argument("--seconds", type=float, default=10, help="e2e: measured seconds")
     parser.add_argument("--requests", type=int, default=20_000, help="sender: per round")
     parser.add_argument(

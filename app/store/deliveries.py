@@ -136,11 +136,15 @@ def _claim_statement(status: DeliveryStatus, *, postgres: bool, skipping: bool) 
         else DeliveryRow.lease_expires_at
     )
     now = sa.bindparam("now", type_=UTCDateTime())
+    # The endpoint's flags are read by correlated subqueries, not a join: a join lets the planner
+    # hash every due delivery and sort them all before the LIMIT (on PostgreSQL, with statistics
+    # from before the queue came due: 27 ms a claim of 256 from 50,000 due). This way the only
+    # plan is the walk of the due index, in order, that stops at `limit`.
     chosen = (
         sa.select(col(DeliveryRow.id))
-        .join(EndpointRow, col(EndpointRow.id) == col(DeliveryRow.endpoint_id))
         .where(col(DeliveryRow.status) == status.value, due_column <= now)
-        .where(col(EndpointRow.active).is_(True), sa.not_(_waits_for_earlier()))
+        .where(_endpoint_flag(col(EndpointRow.active)).is_(True))
+        .where(sa.not_(_waits_for_earlier()))
         .order_by(due_column)
         .limit(sa.bindparam("limit", type_=sa.Integer()))
     )
@@ -164,6 +168,16 @@ def _claim_statement(status: DeliveryStatus, *, postgres: bool, skipping: bool) 
     )
 
 
+def _endpoint_flag(flag: Any) -> Any:
+    """The delivery's endpoint's `flag` (a column of the endpoint), as a correlated subquery."""
+    return (
+        sa.select(flag)
+        .where(col(EndpointRow.id) == col(DeliveryRow.endpoint_id))
+        .correlate(DeliveryRow)
+        .scalar_subquery()
+    )
+
+
 def _waits_for_earlier() -> Any:
     """For ordered endpoints: a delivery of an earlier event (by occurrence, then id) to the
     same endpoint is still unfinished."""
@@ -177,7 +191,7 @@ def _waits_for_earlier() -> Any:
     )
     unfinished = [DeliveryStatus.PENDING.value, DeliveryStatus.DELIVERING.value]
     return sa.and_(
-        col(EndpointRow.ordered).is_(True),
+        _endpoint_flag(col(EndpointRow.ordered)).is_(True),
         sa.exists().where(
             earlier.c.endpoint_id == col(DeliveryRow.endpoint_id),
             earlier.c.status.in_(unfinished),
