@@ -296,7 +296,7 @@ class Sizes:
 
 QUICK = Sizes(
     ceiling_requests=3_000,
-    drain_deliveries=2_000,
+    drain_deliveries=5_000,
     drain_cap_seconds=2,
     e2e_seconds=2,
     e2e_rate=500,
