@@ -13,7 +13,9 @@ is what the sender never uses: redirects, cookies, proxies, compression, request
 - Idle connections are pooled by (scheme, host, port) and the most recently used one is taken
   first. A connection the peer closed (even if the loop has not seen it yet), one idle for
   `KEEPALIVE_SECONDS`, or one whose response did not end cleanly is never used again.
-- At most `max_connections` exchanges are in flight; the rest wait, inside their timeout.
+- At most `max_connections` exchanges are in flight; the rest wait, inside their timeout. At
+  most as many connections are kept idle, in all: beyond that, a connection is closed when
+  its exchange ends, so the sockets held stay bounded however many hosts are sent to.
 - One timeout covers a whole exchange, from waiting for a slot through the last byte read.
 - The body is read up to `body_limit` bytes. A longer body closes the connection instead of
   being drained, so a huge or endless body costs nothing. A response framed by neither
@@ -112,6 +114,8 @@ class Http1Client:
         self._body_limit = body_limit
         self._tls = tls
         self._idle: dict[Origin, list[_Connection]] = {}
+        self._idle_count = 0
+        self._max_idle = max_connections
         self._sweep: asyncio.TimerHandle | None = None
         self._generation = 0  # bumped by aclose: exchanges begun before it are not pooled
 
@@ -152,6 +156,7 @@ class Http1Client:
     async def aclose(self) -> None:
         """Close every idle connection. The client may be used again afterwards."""
         idle, self._idle = self._idle, {}
+        self._idle_count = 0
         self._generation += 1
         if self._sweep is not None:
             self._sweep.cancel()
@@ -167,6 +172,7 @@ class Http1Client:
         too_old = time.monotonic() - KEEPALIVE_SECONDS
         while connections:
             connection = connections.pop()
+            self._idle_count -= 1
             if connection.is_open and connection.idle_since > too_old and connection.quiet():
                 return connection
             connection.close()
@@ -174,8 +180,12 @@ class Http1Client:
         return None
 
     def _keep(self, origin: Origin, connection: _Connection) -> None:
+        if self._idle_count >= self._max_idle:
+            connection.close()
+            return
         connection.idle_since = time.monotonic()
         self._idle.setdefault(origin, []).append(connection)
+        self._idle_count += 1
         if self._sweep is None:
             loop = asyncio.get_running_loop()
             self._sweep = loop.call_later(KEEPALIVE_SECONDS, self._close_stale)
@@ -187,6 +197,7 @@ class Http1Client:
         too_old = time.monotonic() - KEEPALIVE_SECONDS
         for origin, connections in list(self._idle.items()):
             fresh = [c for c in connections if c.is_open and c.idle_since > too_old]
+            self._idle_count -= len(connections) - len(fresh)
             for connection in connections:
                 if not (connection.is_open and connection.idle_since > too_old):
                     connection.close()

@@ -709,3 +709,23 @@ async def test_a_pooled_connection_the_peer_just_closed_is_not_used(sender: Send
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_idle_connections_are_capped_in_all() -> None:
+    servers = [KeepAliveServer() for _ in range(3)]
+    async with (
+        keep_alive_server(servers[0]) as first,
+        keep_alive_server(servers[1]) as second,
+        keep_alive_server(servers[2]) as third,
+        Sender(allowed_networks=LOOPBACK, max_connections=2) as sender,
+    ):
+        for port in (first, second, third):  # three hosts, one after the other
+            assert (
+                await sender.send(OutboundRequest(f"http://127.0.0.1:{port}/", BODY))
+            ).status == 200
+        await asyncio.wait_for(servers[2].closed.wait(), timeout=2)  # the third is not kept
+        assert not servers[0].closed.is_set() and not servers[1].closed.is_set()
+        assert (
+            await sender.send(OutboundRequest(f"http://127.0.0.1:{first}/", BODY))
+        ).status == 200
+    assert [server.opened for server in servers] == [1, 1, 1]
