@@ -67,6 +67,7 @@ from bench_seed import (
     seed_deliveries,
     seed_endpoints,
 )
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.cli import WORKER_GC_YOUNG_THRESHOLD, tune_garbage_collector
 from app.delivery.sender import Sender
@@ -79,12 +80,23 @@ from app.store.deliveries import AttemptRecord, ClaimedDelivery
 RATE = 500
 
 
-async def drain(args: argparse.Namespace, work: Path, receiver: Receiver) -> None:
-    database = await _database(args, work, "probe_drain")
+async def held_queue(
+    args: argparse.Namespace, work: Path, receiver: Receiver, name: str
+) -> tuple[Database, AsyncEngine]:
+    """A database with `args.deliveries` pending deliveries to 10 endpoints of the receiver,
+    held (due in a day; vacuumed on PostgreSQL), and an engine on it."""
+    database = await _database(args, work, f"probe_{name}")
     engine = bench_engine(database)
-    specs = [EndpointSpec("drain", receiver.url(f"/ok/d{n}"), ("encounter.*",)) for n in range(10)]
-    await seed_deliveries(engine, "drain", await seed_endpoints(engine, specs), args.deliveries)
+    specs = [
+        EndpointSpec(name, receiver.url(f"/ok/{name}{n}"), ("encounter.*",)) for n in range(10)
+    ]
+    await seed_deliveries(engine, name, await seed_endpoints(engine, specs), args.deliveries)
     await hold_deliveries(engine)
+    return database, engine
+
+
+async def drain(args: argparse.Namespace, work: Path, receiver: Receiver) -> None:
+    database, engine = await held_queue(args, work, receiver, "drain")
     await engine.dispose()
     tidings = Tidings(database.url, work / "drain")
     workers = [tidings.start_worker(f"worker{n}") for n in range(args.workers)]
@@ -168,11 +180,7 @@ QUEUE_BATCH = 256
 
 
 async def queue_steps(args: argparse.Namespace, work: Path, receiver: Receiver) -> None:
-    database = await _database(args, work, "probe_queue")
-    engine = bench_engine(database)
-    specs = [EndpointSpec("queue", receiver.url(f"/ok/q{n}"), ("encounter.*",)) for n in range(10)]
-    await seed_deliveries(engine, "queue", await seed_endpoints(engine, specs), args.deliveries)
-    await hold_deliveries(engine)  # vacuumed on PostgreSQL, as before a drain
+    database, engine = await held_queue(args, work, receiver, "queue")  # as before a drain
     await release_deliveries(engine)
     sessions = make_session_factory(engine)
     spent = {"claim": [0.0, 0.0], "record": [0.0, 0.0]}  # wall, server CPU (seconds)

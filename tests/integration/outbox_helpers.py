@@ -8,17 +8,33 @@ from collections import Counter
 from typing import Any
 
 from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.api.context import Services
 from app.domain.payloads import Payload, build_payload
 from app.store import endpoints as endpoint_store
-from app.store import outbox
+from app.store import outbox, tenants
 from app.store.db import transaction
 from app.store.endpoints import Scope
 from app.store.tables import DeliveryRow, EventRow
 from tests.integration.conftest import Api
 
 RECEIVER = "http://127.0.0.1:9/hooks"
+
+
+async def stored_endpoint(session: AsyncSession, organization_id: str, now: Any) -> str:
+    """A plain endpoint for every event type, written straight through the store (its
+    organization created if need be): its id."""
+    await tenants.ensure_organization(session, organization_id, now)
+    values = {
+        "organization_id": organization_id,
+        "url": RECEIVER,
+        "event_types": ["*"],
+        "headers": {},
+        "metadata_": {},
+    }
+    endpoint = await endpoint_store.insert_endpoint(session, values, "ciphertext", now)
+    return endpoint.id
 
 
 def services_of(api: Api) -> Services:

@@ -16,8 +16,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.store import deliveries as queue
-from app.store import endpoints as endpoint_store
-from app.store import outbox, tenants
+from app.store import outbox
 from app.store.bulk import BulkStatement
 from app.store.db import (
     SessionFactory,
@@ -26,6 +25,7 @@ from app.store.db import (
     make_session_factory,
     transaction,
 )
+from tests.integration.outbox_helpers import stored_endpoint
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
 EVENT_COLUMNS = outbox._INSERT_EVENTS.columns
@@ -73,16 +73,8 @@ async def store(database_url: str) -> AsyncIterator[Store]:
     engine = make_engine(database_url)
     sessions = make_session_factory(engine)
     async with transaction(sessions) as session:
-        await tenants.ensure_organization(session, "acme", NOW)
-        values = {
-            "organization_id": "acme",
-            "url": "http://127.0.0.1:9/hooks",
-            "event_types": ["*"],
-            "headers": {},
-            "metadata_": {},
-        }
-        endpoint = await endpoint_store.insert_endpoint(session, values, "ciphertext", NOW)
-    yield Store(sessions, endpoint.id)
+        endpoint_id = await stored_endpoint(session, "acme", NOW)
+    yield Store(sessions, endpoint_id)
     await engine.dispose()
 
 

@@ -16,9 +16,8 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from app.store import deliveries as queue
-from app.store import endpoints as endpoint_store
-from app.store import tenants
 from app.store.db import make_engine, make_session_factory, transaction
+from tests.integration.outbox_helpers import stored_endpoint
 
 pytestmark = pytest.mark.postgres
 
@@ -33,18 +32,7 @@ async def test_a_claim_walks_the_due_index_and_stops_at_its_limit(database_url: 
     engine = make_engine(database_url)
     sessions = make_session_factory(engine)
     async with transaction(sessions) as session:
-        await tenants.ensure_organization(session, "acme", NOW)
-        values = {
-            "organization_id": "acme",
-            "url": "http://127.0.0.1:9/hooks",
-            "event_types": ["*"],
-            "headers": {},
-            "metadata_": {},
-        }
-        endpoints = [
-            (await endpoint_store.insert_endpoint(session, values, "ciphertext", NOW)).id
-            for _ in range(ENDPOINTS)
-        ]
+        endpoints = [await stored_endpoint(session, "acme", NOW) for _ in range(ENDPOINTS)]
     naive_now = NOW.replace(tzinfo=None)
     async with engine.begin() as connection:
         await connection.execute(

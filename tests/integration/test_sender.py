@@ -23,7 +23,7 @@ from app.delivery import http1
 from app.delivery.http1 import Origin
 from app.delivery.sender import OutboundRequest, Sender
 from app.domain.addresses import IPAddress, IPNetwork, parse_networks
-from app.domain.retry import AttemptError
+from app.domain.retry import AttemptError, AttemptOutcome
 
 LOOPBACK = parse_networks("127.0.0.0/8")
 HUGE_BYTES = 64 * 1024 * 1024
@@ -361,6 +361,25 @@ async def raw_server(answer: Callable[[asyncio.StreamWriter], None]) -> asyncio.
     return await asyncio.start_server(serve, "127.0.0.1", 0)
 
 
+@asynccontextmanager
+async def raw_port(answer: Callable[[asyncio.StreamWriter], None]) -> AsyncIterator[int]:
+    """The port of a `raw_server` answering with `answer`, closed on leaving."""
+    server = await raw_server(answer)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def answer_of(
+    sender: Sender, answer: Callable[[asyncio.StreamWriter], None]
+) -> AttemptOutcome:
+    """The outcome of one attempt to a `raw_server` answering with `answer`."""
+    async with raw_port(answer) as port:
+        return await sender.send(OutboundRequest(f"http://127.0.0.1:{port}/", BODY))
+
+
 def reset(writer: asyncio.StreamWriter) -> None:
     writer.get_extra_info("socket").setsockopt(
         socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
@@ -378,13 +397,7 @@ def garbage(writer: asyncio.StreamWriter) -> None:
 async def test_broken_peers(
     sender: Sender, answer: Callable[[asyncio.StreamWriter], None], error: AttemptError
 ) -> None:
-    server = await raw_server(answer)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        outcome = await sender.send(OutboundRequest(f"http://127.0.0.1:{port}/", BODY))
-    finally:
-        server.close()
-        await server.wait_closed()
+    outcome = await answer_of(sender, answer)
     assert (outcome.status, outcome.error) == (None, error)
 
 
@@ -427,13 +440,7 @@ def answering(response: bytes) -> Callable[[asyncio.StreamWriter], None]:
 async def test_answers_at_the_edges_of_http_1_1(
     sender: Sender, response: bytes, status: int | None, excerpt: str, error: AttemptError | None
 ) -> None:
-    server = await raw_server(answering(response))
-    port = server.sockets[0].getsockname()[1]
-    try:
-        outcome = await sender.send(OutboundRequest(f"http://127.0.0.1:{port}/", BODY))
-    finally:
-        server.close()
-        await server.wait_closed()
+    outcome = await answer_of(sender, answering(response))
     assert (outcome.status, outcome.response_excerpt, outcome.error) == (status, excerpt, error)
 
 
@@ -499,16 +506,12 @@ async def test_connection_close_is_honoured(sender: Sender) -> None:
 
 
 async def test_a_connection_closed_while_idle_is_not_used_again(sender: Sender) -> None:
-    server = await raw_server(answering(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
-    port = server.sockets[0].getsockname()[1]  # answers once per connection, then closes it
-    try:
+    answer = answering(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    async with raw_port(answer) as port:  # answers once per connection, then closes it
         for _ in range(3):
             outcome = await sender.send(OutboundRequest(f"http://127.0.0.1:{port}/", BODY))
             assert (outcome.status, outcome.error) == (200, None)
             await asyncio.sleep(0.05)  # the close reaches the client
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 async def test_idle_connections_close_after_the_keep_alive(
@@ -642,13 +645,7 @@ async def test_how_a_response_ends(
     status: int | None,
     error: AttemptError | None,
 ) -> None:
-    server = await raw_server(answer)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        outcome = await sender.send(OutboundRequest(f"http://127.0.0.1:{port}/", BODY))
-    finally:
-        server.close()
-        await server.wait_closed()
+    outcome = await answer_of(sender, answer)
     assert (outcome.status, outcome.error, outcome.abort) == (status, error, False)
 
 
@@ -700,15 +697,11 @@ async def test_a_timed_out_request_closes_its_socket_though_unsent(sender: Sende
 
 
 async def test_a_pooled_connection_the_peer_just_closed_is_not_used(sender: Sender) -> None:
-    server = await raw_server(answering(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
-    port = server.sockets[0].getsockname()[1]  # closes after one answer, without saying so
-    try:
+    answer = answering(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    async with raw_port(answer) as port:  # closes after one answer, without saying so
         for _ in range(4):  # back to back: the FIN may not have been processed yet
             outcome = await sender.send(OutboundRequest(f"http://127.0.0.1:{port}/", BODY))
             assert (outcome.status, outcome.error) == (200, None)
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 async def test_idle_connections_are_capped_in_all() -> None:
