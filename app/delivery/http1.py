@@ -3,9 +3,10 @@ httptools (llhttp, the parser Node.js and uvicorn use).
 
 Why not a general client: a webhook attempt needs little of HTTP (one POST at a time per
 connection, a status, two headers, the first 4 KiB of the body), and in the drain the client
-was the largest part of the worker's CPU. Measured on this machine: aiohttp's client costs
-about 180 µs of CPU per request, this one about 65 (docs/performance.md). What it leaves out
-is what the sender never uses: redirects, cookies, proxies, compression, request streaming.
+was the largest part of the worker's CPU. Measured on one machine (`bench_probe.py sender`):
+aiohttp's client cost 88-118 µs of CPU per request, this one 37-43 (docs/performance.md).
+What it leaves out is what the sender never uses: redirects, cookies, proxies, compression,
+request streaming.
 
 - It connects only to the addresses `addresses(host, port)` returns, in order, until one
   accepts. The sender's function applies the SSRF rule there, so the address judged is the

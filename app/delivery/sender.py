@@ -4,9 +4,9 @@
 `AttemptOutcome`; no transport exception leaves this module.
 
 Transport: `http1.Http1Client`, a POST-only HTTP/1.1 client on asyncio and httptools,
-chosen by measurement. On this machine httpx moved about 1,200 requests/s, httpx over
-aiohttp about 3,700/s, aiohttp about 13,600/s at about 180 µs of CPU a request, and
-`Http1Client` costs about a third of aiohttp's CPU per request (docs/performance.md). It
+chosen by measurement. On one machine httpx moved about 1,200 requests/s, httpx over
+aiohttp about 3,700/s and aiohttp about 13,600/s; on another, aiohttp cost 88-118 µs of CPU
+a request and `Http1Client` 37-43 µs (docs/performance.md). It
 connects only to the addresses `transport.permitted_addresses` returns, so the address
 checked is the address connected to. The choice stays behind `Sender`: callers see
 `OutboundRequest`, `AttemptOutcome` and nothing of the client.
