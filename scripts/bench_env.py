@@ -307,7 +307,7 @@ QUICK = Sizes(
     matching_changes=200,
     memory_deliveries=50_000,
     memory_seconds=1,
-    slow_per_endpoint=120,
+    slow_per_endpoint=300,
 )
 FULL = Sizes(
     ceiling_requests=30_000,
