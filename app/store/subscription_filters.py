@@ -73,7 +73,14 @@ async def _previous_version(
             .where(EventRow.focus == reference)
             .where(EventRow.id != event.id)
             .where(col(EventRow.occurred_at) <= event.occurred_at)
-            .order_by(col(EventRow.occurred_at).desc(), col(EventRow.received_at).desc())
+            # Events received in the same instant are told apart by their ids, which one
+            # process makes in increasing order: otherwise PostgreSQL may return ties in any
+            # order, and an older version would pass for the previous one.
+            .order_by(
+                col(EventRow.occurred_at).desc(),
+                col(EventRow.received_at).desc(),
+                col(EventRow.id).desc(),
+            )
             .limit(_PREVIOUS_CANDIDATES)
         )
     ).all()

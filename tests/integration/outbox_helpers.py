@@ -22,9 +22,11 @@ from tests.integration.conftest import Api
 RECEIVER = "http://127.0.0.1:9/hooks"
 
 
-async def stored_endpoint(session: AsyncSession, organization_id: str, now: Any) -> str:
-    """A plain endpoint for every event type, written straight through the store (its
-    organization created if need be): its id."""
+async def stored_endpoint(
+    session: AsyncSession, organization_id: str, now: Any, **fields: Any
+) -> str:
+    """A plain endpoint for every event type (with `fields` set too), written straight through
+    the store (its organization created if need be): its id."""
     await tenants.ensure_organization(session, organization_id, now)
     values = {
         "organization_id": organization_id,
@@ -32,6 +34,7 @@ async def stored_endpoint(session: AsyncSession, organization_id: str, now: Any)
         "event_types": ["*"],
         "headers": {},
         "metadata_": {},
+        **fields,
     }
     endpoint = await endpoint_store.insert_endpoint(session, values, "ciphertext", now)
     return endpoint.id
