@@ -8,6 +8,7 @@ import gc
 import logging
 import os
 import re
+import resource
 import signal
 import sys
 from collections.abc import Sequence
@@ -320,6 +321,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
     migrate.upgrade_to_head(settings.database_url)
     log.info("tidings %s worker started", __version__)
+    allow_open_files(settings.worker_concurrency)
     tune_garbage_collector(WORKER_GC_YOUNG_THRESHOLD)
     asyncio.run(run_worker_process(settings, _wait_for_shutdown_signal))
     return 0
@@ -347,6 +349,8 @@ def _run_server(args: argparse.Namespace, settings: Settings, *, with_worker: bo
     config.accesslog = None
     config.graceful_timeout = 10
     log.info("tidings %s listening on http://%s:%s", __version__, args.host, args.port)
+    if with_worker:
+        allow_open_files(settings.worker_concurrency)
     tune_garbage_collector()
     asyncio.run(serve(app, config, shutdown_trigger=_wait_for_shutdown_signal))
     return 0
@@ -371,6 +375,32 @@ def tune_garbage_collector(young_threshold: int = GC_YOUNG_THRESHOLD) -> None:
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(young_threshold, middle, old)
+
+
+# Besides the sender's sockets: database connections, the listening socket, logs, imports.
+OTHER_OPEN_FILES = 256
+
+
+def allow_open_files(worker_concurrency: int) -> None:
+    """Raise the soft limit on open files to what a worker needs, as far as the hard limit
+    allows: up to `worker_concurrency` connections in flight and as many idle (the sender's
+    pool) besides the others. A common soft limit of 1,024 would otherwise turn a busy
+    worker's new connections into `connect` errors. Warns when the hard limit is lower."""
+    needed = 2 * worker_concurrency + OTHER_OPEN_FILES
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    wanted = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if wanted > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    if wanted < needed:
+        log.warning(
+            "open files are limited to %d (hard limit); TIDINGS_WORKER_CONCURRENCY=%d may need "
+            "%d: raise the limit (ulimit -n) or lower the concurrency",
+            wanted,
+            worker_concurrency,
+            needed,
+        )
 
 
 async def _wait_for_shutdown_signal() -> None:
