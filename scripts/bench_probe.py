@@ -7,6 +7,7 @@ print. Run from the repository root with the project's virtualenv:
     .venv/bin/python scripts/bench_probe.py e2e --postgres --seconds 20 # `api` + `worker`
     .venv/bin/python scripts/bench_probe.py sender                      # no database
     .venv/bin/python scripts/bench_probe.py queue --postgres --deliveries 50000
+    .venv/bin/python scripts/bench_probe.py queue --postgres --ordered --deliveries 2000
 
 drain: `tidings worker` processes drain N pending deliveries to 10 endpoints of the fast
 receiver, held until the workers have started, then released at once; prints the rate from the
@@ -24,7 +25,8 @@ queue: the worker's two database steps alone, one after the other, over N pendin
 claims of 256 (`claim_due_deliveries`) and the record of their successes (`record_attempts`),
 each in its own transaction, no HTTP. Prints each step's wall time per delivery and, on
 PostgreSQL, the server's CPU time per delivery (every `postgres` process in /proc, so the
-server must run on this machine and be otherwise idle).
+server must run on this machine and be otherwise idle). With `--ordered`, each claim can only
+lease each endpoint's oldest delivery: 10 a claim.
 """
 
 from __future__ import annotations
@@ -83,13 +85,13 @@ RATE = 500
 async def held_queue(
     args: argparse.Namespace, work: Path, receiver: Receiver, name: str
 ) -> tuple[Database, AsyncEngine]:
-    """A database with `args.deliveries` pending deliveries to 10 endpoints of the receiver,
-    held (due in a day; vacuumed on PostgreSQL), and an engine on it."""
+    """A database with `args.deliveries` pending deliveries to 10 endpoints of the receiver
+    (ordered ones with `--ordered`), held (due in a day; vacuumed on PostgreSQL), and an
+    engine on it."""
     database = await _database(args, work, f"probe_{name}")
     engine = bench_engine(database)
-    specs = [
-        EndpointSpec(name, receiver.url(f"/ok/{name}{n}"), ("encounter.*",)) for n in range(10)
-    ]
+    urls = [receiver.url(f"/ok/{name}{n}") for n in range(10)]
+    specs = [EndpointSpec(name, url, ("encounter.*",), ordered=args.ordered) for url in urls]
     await seed_deliveries(engine, name, await seed_endpoints(engine, specs), args.deliveries)
     await hold_deliveries(engine)
     return database, engine
@@ -316,6 +318,9 @@ def main() -> None:
     parser.add_argument("--postgres", action="store_true", help="PostgreSQL instead of SQLite")
     parser.add_argument("--workers", type=int, default=1, help="drain: worker processes")
     parser.add_argument("--deliveries", type=int, default=20_000, help="drain, queue: length")
+    parser.add_argument(
+        "--ordered", action="store_true", help="drain, queue: the endpoints deliver in order"
+    )
     parser.add_argument("--seconds", type=float, default=10, help="e2e: measured seconds")
     parser.add_argument("--requests", type=int, default=20_000, help="sender: per round")
     parser.add_argument(

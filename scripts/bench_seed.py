@@ -53,6 +53,7 @@ class EndpointSpec:
     event_types: tuple[str, ...]
     account_id: str | None = None
     filter: str | None = None
+    ordered: bool = False
 
 
 def encounter(number: int, status: str = "finished", account: str = "") -> dict[str, Any]:
@@ -146,7 +147,7 @@ def _endpoint_row(endpoint_id: str, spec: EndpointSpec, now: datetime) -> dict[s
         "disabled_at": None,
         "timeout_seconds": None,
         "rate_limit": None,
-        "ordered": False,
+        "ordered": spec.ordered,
         "metadata": {},
         "created_at": now,
         "updated_at": now,
