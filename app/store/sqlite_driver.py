@@ -3,12 +3,13 @@
 SQLAlchemy's aiosqlite adapter makes four trips to the aiosqlite thread for a statement that
 returns rows (open a cursor, execute, fetch, close), and one to commit and one to roll back
 every transaction, whether SQLite has one open or not (the pool rolls back every connection
-returned to it). Each trip waits for the event loop to come
-round, so under load a transaction of a few statements spent most of its time queued behind
-other work (a claim of 256 deliveries: 17 trips). `ONE_TRIP_AIOSQLITE` is the same DBAPI
-adapter with a cursor that does all four in one function on that thread and keeps the
-results; engines take it as their `module`. Transactions, types, errors and server-side
-cursors are aiosqlite's and SQLAlchemy's, unchanged.
+returned to it). Each trip waits for the event loop to come round, so under load a
+transaction of a few statements spent most of its time queued behind other work (a claim of
+256 deliveries: 17 trips). `ONE_TRIP_AIOSQLITE` is the same DBAPI adapter with a cursor that
+does all four in one function on that thread and keeps the results, and a connection that
+skips the commit and the rollback when there is no transaction; engines take it as their
+`module`. Transactions, types, errors and server-side cursors are aiosqlite's and
+SQLAlchemy's, unchanged.
 """
 
 from __future__ import annotations
