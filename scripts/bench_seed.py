@@ -21,7 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.delivery import wakeups
 from app.domain import ids, secrets
 from app.domain.models import DeliveryStatus
-from app.store.db import make_engine
+from app.store.db import make_engine, make_session_factory, transaction
+from app.store.deliveries import schedule_next_in_order
 from app.store.tables import (
     DeliveryRow,
     EndpointEventType,
@@ -31,6 +32,7 @@ from app.store.tables import (
     Organization,
     new_version,
 )
+from app.store.types import UTCDateTime
 
 CHUNK = 5000
 
@@ -167,17 +169,19 @@ async def seed_deliveries(
     engine: AsyncEngine, organization_id: str, endpoint_ids: Sequence[str], count: int
 ) -> None:
     """`count` pending deliveries, due now: events of `encounter.updated`, one per endpoint each
-    (round robin), so every endpoint gets count / len(endpoint_ids)."""
+    (round robin), so every endpoint gets count / len(endpoint_ids). Each event occurred a
+    microsecond after the one before."""
     now = datetime.now(UTC)
     per_event = len(endpoint_ids)
     event_ids = [ids.new_id("evt") for _ in range(-(-count // per_event))]
+    occurred = [now + timedelta(microseconds=number) for number in range(len(event_ids))]
     events = [
         {
             "id": event_id,
             "organization_id": organization_id,
             "account_id": None,
             "type": "encounter.updated",
-            "occurred_at": now,
+            "occurred_at": occurred[number],
             "received_at": now,
             "focus": None,
             "data": encounter(number),
@@ -198,6 +202,7 @@ async def seed_deliveries(
             "attempt_count": 0,
             "next_attempt_at": now,
             "lease_expires_at": None,
+            "occurred_at": occurred[n // per_event],
             "created_at": now,
             "updated_at": now,
             "event_number": None,
@@ -212,20 +217,28 @@ HELD_FOR = timedelta(days=1)
 
 async def hold_deliveries(engine: AsyncEngine) -> None:
     """Every delivery pending again but not due for a day, the attempt log empty: workers can
-    start and settle on the held queue, then `release_deliveries` makes it due all at once. On
+    start and settle on the held queue, then `release_deliveries` makes it due all at once. An
+    ordered endpoint's deliveries wait for their turn, but for its first, due in a day. On
     PostgreSQL the tables are vacuumed too, so each run starts from the same state rather than
     from the dead rows of the runs before it (autovacuum may not have caught up yet)."""
-    delivery = table(DeliveryRow)
+    delivery, endpoint = table(DeliveryRow), table(EndpointRow)
+    ordered = sa.select(endpoint.c.ordered).where(endpoint.c.id == delivery.c.endpoint_id)
+    later = datetime.now(UTC) + HELD_FOR
     async with engine.begin() as connection:
         await connection.execute(sa.text("DELETE FROM attempt"))
         await connection.execute(
             sa.update(delivery).values(
                 status=DeliveryStatus.PENDING.value,
                 attempt_count=0,
-                next_attempt_at=datetime.now(UTC) + HELD_FOR,
+                next_attempt_at=sa.case(
+                    (ordered.scalar_subquery() == sa.true(), sa.null()),
+                    else_=sa.bindparam("later", later, type_=UTCDateTime()),
+                ),
                 lease_expires_at=None,
             )
         )
+    async with transaction(make_session_factory(engine)) as session:
+        await schedule_next_in_order(session, later)
     if engine.dialect.name == "postgresql":
         async with engine.connect() as connection:
             autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
@@ -239,7 +252,9 @@ async def release_deliveries(
     workers' NOTIFY channel wakes them at the commit, as `POST /v1/events` does; on SQLite the
     worker sees it at its next poll."""
     delivery = table(DeliveryRow)
-    release = sa.update(delivery).where(delivery.c.status == DeliveryStatus.PENDING.value)
+    release = sa.update(delivery).where(
+        delivery.c.status == DeliveryStatus.PENDING.value, delivery.c.next_attempt_at.is_not(None)
+    )
     if endpoint_ids is not None:
         release = release.where(delivery.c.endpoint_id.in_(endpoint_ids))
     async with engine.begin() as connection:

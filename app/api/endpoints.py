@@ -26,8 +26,8 @@ from app.api.requests import body_as, query_as
 from app.domain import endpoint_rules, secrets
 from app.domain.errors import NotFound, Problem, ValidationFailed
 from app.domain.models import Endpoint, Principal, Role, SignatureScheme
+from app.store import deliveries, tenants
 from app.store import endpoints as store
-from app.store import tenants
 from app.store.db import transaction
 from app.store.tables import EndpointRow
 
@@ -113,9 +113,19 @@ async def update_endpoint(endpoint_id: str) -> dict[str, Any]:
     if "metadata" in changes:
         changes["metadata_"] = changes.pop("metadata") or {}
     async with transaction(services().sessions) as session:
+        if "ordered" in changes:  # no delivery to it is stored meanwhile (`ordered_among`)
+            await store.lock_endpoint(session, scope_of(principal), endpoint_id)
         row = await _row(session, principal, endpoint_id)
         _check_scheme_change(row, changes.get("signature_scheme"))
-        endpoint = await store.update_endpoint(session, row, changes, services().clock())
+        now = services().clock()
+        was_ordered = row.ordered
+        endpoint = await store.update_endpoint(session, row, changes, now)
+        if endpoint.ordered and not was_ordered:  # what is pending goes in order from now on
+            await deliveries.hold_pending(session, endpoint.id, now=now)
+        elif was_ordered and not endpoint.ordered:  # and what was held need not wait any more
+            await deliveries.release_held(session, endpoint.id, now=now)
+    if endpoint.ordered != was_ordered:
+        services().wake_worker()
     return _shown(endpoint)
 
 

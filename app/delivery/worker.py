@@ -27,6 +27,7 @@ from app.delivery.attempts import AttemptContext, UnsendableError
 from app.delivery.limits import EndpointLimits
 from app.delivery.metrics import DeliveryMetrics
 from app.delivery.sender import Sender
+from app.domain.models import DeliveryStatus
 from app.domain.retry import AttemptOutcome
 from app.store import deliveries as queue
 from app.store.db import SessionFactory, is_unavailable, transaction
@@ -291,6 +292,11 @@ class Worker:
                 await operational.after_attempt(
                     session, claimed, record, verdict, catalog=self._context.catalog, now=now
                 )
+        if any(
+            claimed.endpoint.ordered and record.status is not DeliveryStatus.PENDING
+            for (claimed, _), (record, _) in zip(results, judged, strict=True)
+        ):
+            self.wake()  # an ordered endpoint's next delivery may go now, not at the next poll
         for record, verdict in judged:
             if self._metrics is not None:
                 self._metrics.observe(record, verdict)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -13,6 +13,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.domain import ids
 from app.domain.models import ContentLevel, Endpoint, PayloadFormat, SignatureScheme
+from app.store.db import execute_core
 from app.store.tables import (
     EndpointEventType,
     EndpointRow,
@@ -277,3 +278,34 @@ async def _changed(session: AsyncSession, organization_ids: Sequence[str]) -> bo
     for organization_id in set(organization_ids):
         await endpoints_changed(session, organization_id)
     return bool(organization_ids)
+
+
+async def lock_endpoint(session: AsyncSession, scope: Scope, endpoint_id: str) -> None:
+    """Lock the endpoint's row until the transaction ends (PostgreSQL: FOR UPDATE), before a
+    change of its `ordered` flag: storing a delivery to it waits meanwhile (`ordered_among`).
+    """
+    query = sa.select(col(EndpointRow.id)).where(col(EndpointRow.id) == endpoint_id)
+    await session.exec(_scoped(query, scope).with_for_update())
+
+
+async def ordered_among(session: AsyncSession, endpoint_ids: Collection[str]) -> set[str]:
+    """Which of the endpoints are ordered now, as deliveries to them are about to be stored.
+
+    On PostgreSQL the rows are read under a FOR KEY SHARE lock, the one the deliveries'
+    foreign key takes anyway. A change of `ordered` locks the endpoint FOR UPDATE first
+    (`lock_endpoint`), so the two wait for each other: the deliveries are stored held
+    exactly when the endpoint is ordered, and the change then holds or releases them.
+    """
+    if not endpoint_ids:
+        return set()
+    result = await execute_core(session, _ORDERED_AMONG, {"ids": list(endpoint_ids)})
+    return {endpoint_id for endpoint_id, ordered in result.all() if ordered}
+
+
+# Every row is locked, ordered or not (a row the WHERE left out would not be), and read as the
+# change that held the lock left it.
+_ORDERED_AMONG = (
+    sa.select(col(EndpointRow.id), col(EndpointRow.ordered))
+    .where(col(EndpointRow.id).in_(sa.bindparam("ids", expanding=True)))
+    .with_for_update(read=True, key_share=True)
+)

@@ -4,7 +4,9 @@
 candidates for the event type (`store/candidates.py`: one indexed query, cached per process
 while the organization's endpoints do not change), checks each with the matching rules, and
 stores the event and one pending delivery per endpoint in the caller's transaction. The worker
-finds the deliveries by their `next_attempt_at`; an accepted event is therefore never lost.
+finds the deliveries by their `next_attempt_at`; an accepted event is therefore never lost. A
+delivery to an ordered endpoint is stored held (no `next_attempt_at`): the worker schedules it
+when its turn comes (`deliveries.schedule_next_in_order`).
 
 Duplicates are refused by the database itself: `INSERT ... ON CONFLICT DO NOTHING` on the unique
 (organization, idempotency key) and (organization, change key), so two concurrent requests with
@@ -30,7 +32,7 @@ from app.domain.models import DeliveryStatus, Endpoint, Event, JSONObject
 from app.fhir.resource_types import is_resource_type
 from app.store.bulk import BulkStatement
 from app.store.candidates import CANDIDATES, endpoints_version_of
-from app.store.endpoints import Scope
+from app.store.endpoints import Scope, ordered_among
 from app.store.event_numbers import assign_event_numbers
 from app.store.subscription_filters import keep_fhirpath_matches
 from app.store.tables import SCHEDULED_TRIGGER, DeliveryRow, EventRow
@@ -137,7 +139,7 @@ async def insert_events_with_deliveries(
         counts.append(len(new_rows))
         unnamed += new_rows
     rows = _named(unnamed)
-    await _INSERT_DELIVERIES.execute(session, rows)
+    await _store_deliveries(session, rows)
     delivery_ids = (row[0] for row in rows)
     return [None if count is None else list(islice(delivery_ids, count)) for count in counts]
 
@@ -167,13 +169,13 @@ async def insert_deliveries(
     *,
     numbered: bool = True,
 ) -> list[str]:
-    """One pending delivery of `event` per endpoint, due now; their ids.
+    """One pending delivery of `event` per endpoint; their ids.
 
     A FHIR Subscription's delivery carries the event's number within that Subscription;
     `numbered=False` says the caller knows none of the endpoints is a Subscription.
     """
     rows = _named(await _delivery_rows(session, event, endpoint_ids, now, numbered=numbered))
-    await _INSERT_DELIVERIES.execute(session, rows)
+    await _store_deliveries(session, rows)
     return [row[0] for row in rows]
 
 
@@ -189,7 +191,7 @@ async def _delivery_rows(
     numbers = (
         await assign_event_numbers(session, event.id, event.type, endpoint_ids) if numbered else {}
     )
-    event_id, organization_id = event.id, event.organization_id
+    event_id, organization_id, occurred_at = event.id, event.organization_id, event.occurred_at
     return [
         (
             event_id,
@@ -199,6 +201,7 @@ async def _delivery_rows(
             0,
             now,
             None,
+            occurred_at,
             now,
             now,
             numbers.get(endpoint_id),
@@ -206,6 +209,20 @@ async def _delivery_rows(
         )
         for endpoint_id in endpoint_ids
     ]
+
+
+async def _store_deliveries(session: AsyncSession, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Insert named delivery rows, those to an ordered endpoint held (no `next_attempt_at`):
+    whether it is ordered is read here, as they are stored (`endpoints.ordered_among`), not
+    from a cache."""
+    ordered = await ordered_among(session, {row[_ENDPOINT_AT] for row in rows})
+    if ordered:
+        rows = [_as_held(row) if row[_ENDPOINT_AT] in ordered else row for row in rows]
+    await _INSERT_DELIVERIES.execute(session, rows)
+
+
+def _as_held(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    return (*row[:_DUE_AT], None, *row[_DUE_AT + 1 :])
 
 
 def _named(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
@@ -226,12 +243,15 @@ _INSERT_DELIVERIES = BulkStatement(
         "attempt_count",
         "next_attempt_at",
         "lease_expires_at",
+        "occurred_at",
         "created_at",
         "updated_at",
         "event_number",
         "next_trigger",
     ),
 )
+_ENDPOINT_AT = _INSERT_DELIVERIES.columns.index("endpoint_id")
+_DUE_AT = _INSERT_DELIVERIES.columns.index("next_attempt_at")
 
 
 async def _insert_event_rows(

@@ -9,6 +9,7 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.domain.models import DeliveryStatus
+from app.store.endpoints import ordered_among
 from app.store.tables import DeliveryRow
 
 _delivery: sa.Table = DeliveryRow.__table__  # type: ignore[attr-defined]
@@ -45,7 +46,9 @@ async def recover_failed(
     until: datetime | None,
     now: datetime,
 ) -> int:
-    """Queue again the endpoint's failed deliveries created in [since, until)."""
+    """Queue again the endpoint's failed deliveries created in [since, until): due now, or, for
+    an ordered endpoint, held to go one at a time in their order."""
+    ordered = endpoint_id in await ordered_among(session, [endpoint_id])
     query = (
         sa.update(_delivery)
         .where(
@@ -55,7 +58,7 @@ async def recover_failed(
         )
         .values(
             status=DeliveryStatus.PENDING.value,
-            next_attempt_at=now,
+            next_attempt_at=None if ordered else now,
             updated_at=now,
             next_trigger=MANUAL,
         )

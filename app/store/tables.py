@@ -70,6 +70,8 @@ class EndpointRow(SQLModel, table=True):
     """A registered receiver (and, later, the storage of a FHIR Subscription's face)."""
 
     __tablename__ = "endpoint"
+    # What each claim looks up: the ordered endpoints, whose queues it moves on.
+    __table_args__ = (sa.Index("ix_endpoint_ordered", "ordered"),)
 
     id: str = Field(primary_key=True, max_length=40)
     organization_id: str = Field(foreign_key="organization.id", index=True, max_length=64)
@@ -156,15 +158,52 @@ class EventRow(SQLModel, table=True):
 
 # The trigger of an attempt the retry schedule queued (the others are `manual`).
 SCHEDULED_TRIGGER = "scheduled"
+# The deliveries that are scheduled (due, or in flight), and those held for their turn, as the
+# predicates of partial indexes (SQL: a query uses such an index only where it says as much).
+SCHEDULED = "next_attempt_at IS NOT NULL"
+HELD = "status = 'pending' AND next_attempt_at IS NULL"
 
 
 class DeliveryRow(SQLModel, table=True):
-    """One (event, endpoint) delivery: the queue is this table."""
+    """One (event, endpoint) delivery: the queue is this table.
+
+    `next_attempt_at` is set exactly while a delivery is scheduled: due then, or in flight.
+    Finished deliveries have none, and neither have held ones: pending, waiting for an earlier
+    delivery to their ordered endpoint to finish, and in no due walk. Each claim moves an
+    ordered endpoint's queue on (`deliveries.schedule_next_in_order`).
+    """
 
     __tablename__ = "delivery"
     __table_args__ = (
-        sa.Index("ix_delivery_due", "status", "next_attempt_at"),
+        sa.CheckConstraint(
+            "status IN ('pending', 'delivering') OR next_attempt_at IS NULL",
+            name="ck_delivery_finished_unscheduled",
+        ),
+        # The scheduled deliveries alone, by when they fall due: the claims' walk.
+        sa.Index(
+            "ix_delivery_due",
+            "status",
+            "next_attempt_at",
+            sqlite_where=sa.text(SCHEDULED),
+            postgresql_where=sa.text(SCHEDULED),
+        ),
         sa.Index("ix_delivery_lease", "status", "lease_expires_at"),
+        # Whether an endpoint has a delivery scheduled (one of an ordered endpoint is at most).
+        sa.Index(
+            "ix_delivery_scheduled",
+            "endpoint_id",
+            sqlite_where=sa.text(SCHEDULED),
+            postgresql_where=sa.text(SCHEDULED),
+        ),
+        # The held deliveries alone, each endpoint's in the order they are to be sent.
+        sa.Index(
+            "ix_delivery_held",
+            "endpoint_id",
+            "occurred_at",
+            "id",
+            sqlite_where=sa.text(HELD),
+            postgresql_where=sa.text(HELD),
+        ),
     )
 
     id: str = Field(primary_key=True, max_length=40)
@@ -175,6 +214,8 @@ class DeliveryRow(SQLModel, table=True):
     attempt_count: int = Field(default=0)
     next_attempt_at: datetime | None = Field(default=None, sa_column=_time_column(nullable=True))
     lease_expires_at: datetime | None = Field(default=None, sa_column=_time_column(nullable=True))
+    # The event's `occurred_at`: the order in which an ordered endpoint receives its events.
+    occurred_at: datetime = Field(sa_column=_time_column())
     created_at: datetime = Field(sa_column=_time_column())
     updated_at: datetime = Field(sa_column=_time_column())
     event_number: int | None = Field(default=None)

@@ -176,6 +176,7 @@ async def test_deliveries_are_stored_as_sqlalchemy_stores_them(store: Store) -> 
             0,
             NOW,
             None,
+            NOW - timedelta(hours=1),
             NOW,
             NOW,
             None,
@@ -190,6 +191,7 @@ async def test_deliveries_are_stored_as_sqlalchemy_stores_them(store: Store) -> 
             3,
             None,
             NOW,
+            NOW - timedelta(hours=2),
             NOW,
             NOW,
             7,
@@ -204,7 +206,19 @@ async def test_deliveries_are_stored_as_sqlalchemy_stores_them(store: Store) -> 
 
 async def test_attempts_are_stored_as_sqlalchemy_stores_them(store: Store) -> None:
     event_id = event_rows()[0]["id"]
-    delivery = ("dlv_0", event_id, store.endpoint_id, "acme", "pending", 0, NOW, None, NOW, NOW)
+    delivery = (
+        "dlv_0",
+        event_id,
+        store.endpoint_id,
+        "acme",
+        "pending",
+        0,
+        NOW,
+        None,
+        NOW,
+        NOW,
+        NOW,
+    )
     rows = [
         ("att_0", "dlv_0", store.endpoint_id, NOW, 12, 200, None, "ok", "scheduled"),
         (
@@ -276,7 +290,19 @@ async def test_outcomes_are_recorded_as_sqlalchemy_records_them(store: Store) ->
     event_id = event_rows()[0]["id"]
     lease = NOW + timedelta(minutes=1)
     deliveries = [
-        (f"dlv_{n}", event_id, store.endpoint_id, "acme", "delivering", n, NOW, lease, NOW, NOW)
+        (
+            f"dlv_{n}",
+            event_id,
+            store.endpoint_id,
+            "acme",
+            "delivering",
+            n,
+            NOW,
+            lease,
+            NOW,
+            NOW,
+            NOW,
+        )
         for n in range(4)
     ]
     rows = [
