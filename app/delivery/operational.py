@@ -17,6 +17,9 @@ from app.domain.retry import Verdict
 from app.store import endpoints, outbox, subscriptions
 from app.store.deliveries import AttemptRecord, ClaimedDelivery
 
+# The verdicts that end a delivery in failure, reported as `delivery.failed`.
+REPORTED = frozenset({Verdict.FAILED, Verdict.ABORTED, Verdict.DISABLE_ENDPOINT})
+
 
 async def after_attempt(
     session: AsyncSession,
@@ -26,8 +29,13 @@ async def after_attempt(
     *,
     catalog: Catalog,
     now: datetime,
+    report: bool = True,
 ) -> None:
-    """Raise the operational events an attempt's verdict calls for; move Subscription status."""
+    """Raise the operational events an attempt's verdict calls for; move Subscription status.
+
+    `report=False` (the attempt's claim had lost its lease, so the delivery is another
+    claim's now) leaves out `delivery.failed`: the delivery has not ended.
+    """
     await notifications.after_attempt(session, claimed, record, verdict, now)
     if verdict is Verdict.DISABLE_ENDPOINT:
         reason = f"the endpoint answered {record.outcome.result} (410 Gone)"
@@ -39,9 +47,7 @@ async def after_attempt(
             catalog=catalog,
             now=now,
         )
-    if verdict in (Verdict.FAILED, Verdict.ABORTED, Verdict.DISABLE_ENDPOINT) and (
-        claimed.event.type not in OPERATIONAL_EVENT_TYPES
-    ):
+    if report and verdict in REPORTED and claimed.event.type not in OPERATIONAL_EVENT_TYPES:
         await outbox.insert_operational_event(
             session,
             claimed.endpoint.organization_id,

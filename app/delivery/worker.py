@@ -286,11 +286,22 @@ class Worker:
             )
             for claimed, outcome in results
         ]
+        records = [record for record, _ in judged]
         async with transaction(self._sessions) as session:
-            await queue.record_attempts(session, [record for record, _ in judged])
+            # Who still holds its delivery, where a verdict would tell the organization so: a
+            # worker whose lease ran out must not report a delivery another claim now owns.
+            reporting = [record for record, verdict in judged if verdict in operational.REPORTED]
+            current = await queue.still_leased(session, reporting)
+            await queue.record_attempts(session, records)
             for (claimed, _), (record, verdict) in zip(results, judged, strict=True):
                 await operational.after_attempt(
-                    session, claimed, record, verdict, catalog=self._context.catalog, now=now
+                    session,
+                    claimed,
+                    record,
+                    verdict,
+                    catalog=self._context.catalog,
+                    now=now,
+                    report=record.delivery_id in current,
                 )
         if any(
             claimed.endpoint.ordered and record.status is not DeliveryStatus.PENDING

@@ -339,6 +339,25 @@ async def record_attempts(session: AsyncSession, records: Sequence[AttemptRecord
     )
 
 
+async def still_leased(session: AsyncSession, records: Sequence[AttemptRecord]) -> set[str]:
+    """The deliveries of `records` that still carry the lease of the claim that made the
+    attempt: those whose state `record_attempts` will move. On PostgreSQL their rows are
+    locked until the transaction ends, so no other claim takes them meanwhile."""
+    if not records:
+        return set()
+    leases = {record.delivery_id: record.lease_expires_at for record in records}
+    rows = await _rows(session, _LEASES, {"ids": list(leases)})
+    return {row.id for row in rows if row.lease_expires_at == leases[row.id]}
+
+
+_LEASES = (
+    sa.select(_delivery.c.id, _delivery.c.lease_expires_at)
+    .where(_delivery.c.id.in_(sa.bindparam("ids", expanding=True)))
+    .order_by(_delivery.c.id)  # every recorder locks in the same order
+    .with_for_update()
+)
+
+
 # A delivery's next state after an attempt, while it still carries the claim's lease.
 _RECORD_OUTCOMES = BulkStatement(
     sa.update(_delivery)

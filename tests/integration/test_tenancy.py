@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -9,7 +10,7 @@ import sqlalchemy as sa
 from sqlmodel import col
 
 from app.store.db import transaction
-from app.store.tables import DeliveryRow
+from app.store.tables import AttemptRow, DeliveryRow
 from tests.integration.conftest import Api
 
 SUBSCRIPTION = {
@@ -122,6 +123,44 @@ async def test_lists_show_only_the_callers_organization(
     ).get_json()
     listed = await (await api.call("GET", "/v1/endpoints", intruder)).get_json()
     assert [item["id"] for item in listed["data"]] == [own["id"]]
+    events = await (await api.call("GET", "/v1/events", intruder)).get_json()
+    assert events["data"] == []
+
+
+@pytest.mark.parametrize("role", ["partner", "reader"])
+async def test_fhir_searches_show_only_the_callers_organization(
+    api: Api, endpoint_of_a: dict[str, Any], role: str
+) -> None:
+    """Subscriptions (every status, every url) and the attempt log as AuditEvents."""
+    owner = endpoint_of_a["key"]
+    seen_by_owner = await (await api.call("GET", "/fhir/Subscription", owner)).get_json()
+    assert [e["resource"]["id"] for e in seen_by_owner["entry"]] == [
+        endpoint_of_a["subscription"]
+    ], "the search finds A's Subscription for A"
+    intruder = await api.key("org-b", role)
+    for query in ("", "?status=requested", "?url=http://127.0.0.1:9/s"):
+        response = await api.call("GET", f"/fhir/Subscription{query}", intruder)
+        assert response.status_code == 200, query
+        body = await response.get_json()
+        assert body.get("entry", []) == [] and "A's" not in json.dumps(body), query
+    async with transaction(api.app.extensions["tidings"].sessions) as session:
+        session.add(  # an attempt of A's delivery, logged
+            AttemptRow(
+                id="att_a",
+                delivery_id=endpoint_of_a["delivery"],
+                endpoint_id=endpoint_of_a["id"],
+                attempted_at=api.clock(),
+                status_code=500,
+                response_excerpt="A's receiver failed",
+            )
+        )
+    owner_log = await (await api.call("GET", "/fhir/AuditEvent", owner)).get_json()
+    assert len(owner_log["entry"]) == 1, "the search finds A's attempt for A"
+    for query in ("", "?outcome=4", "?outcome=8", f"?entity=Endpoint/{endpoint_of_a['id']}"):
+        response = await api.call("GET", f"/fhir/AuditEvent{query}", intruder)
+        assert response.status_code == 200, query
+        body = await response.get_json()
+        assert body.get("entry", []) == [] and "A's" not in json.dumps(body), query
 
 
 @pytest.mark.parametrize("role", ["partner", "reader"])
@@ -155,24 +194,31 @@ async def test_admins_see_every_organization(api: Api, endpoint_of_a: dict[str, 
     assert (await created.get_json())["organization"] == "org-c"
 
 
-# /v1 routes with an id that are not one organization's object, and why.
+# /v1 and /fhir routes with an id that are not one organization's object, and why.
 NOT_TENANT_OBJECTS = {
     ("GET", "/v1/event-types/{name}"): "the event catalog is shared by every organization",
+    ("GET", "/fhir/SubscriptionTopic/{topic_id}"): "the catalog, as SubscriptionTopics",
     (
         "GET",
         "/v1/upstreams/{upstream_id}",
     ): "admin keys only (tests/integration/test_api_upstreams)",
     ("DELETE", "/v1/upstreams/{upstream_id}"): "admin keys only",
 }
-PLACEHOLDERS = {"endpoint_id": "endpoint", "event_id": "event", "delivery_id": "delivery"}
+PLACEHOLDERS = {
+    "endpoint_id": "endpoint",
+    "event_id": "event",
+    "delivery_id": "delivery",
+    "subscription_id": "subscription",
+}
 
 
-def test_every_v1_route_with_an_id_is_in_the_matrix(api: Api) -> None:
-    """A new /v1 route that takes an id fails here until it is added to OBJECT_ROUTES."""
+def test_every_route_with_an_id_is_in_the_matrix(api: Api) -> None:
+    """A new /v1 or /fhir route that takes an id fails here until it is added to
+    OBJECT_ROUTES."""
     covered = {(method, path) for method, path, _ in OBJECT_ROUTES}
     missing = []
     for rule in api.app.url_map.iter_rules():
-        if not rule.rule.startswith("/v1/") or not rule.arguments:
+        if not rule.rule.startswith(("/v1/", "/fhir/")) or not rule.arguments:
             continue
         path = rule.rule
         for argument in rule.arguments:

@@ -446,3 +446,28 @@ async def test_an_attempt_after_its_lease_was_taken_over_does_not_overwrite(
         await delivering.api.call("GET", f"/v1/deliveries/{delivery['id']}", delivering.partner)
     ).get_json()
     assert [a["status_code"] for a in log["attempts"]] == [500], "but its attempt is logged"
+
+
+async def test_a_worker_that_lost_its_lease_does_not_report_the_delivery_failed(
+    delivering: Delivering,
+) -> None:
+    """Its attempt is logged, but the delivery is another claim's now: that claim's outcome,
+    not the stale one, decides whether `delivery.failed` is sent."""
+    await delivering.endpoint("/taken-over")
+    await delivering.publish()
+    sessions = delivering.api.app.extensions["tidings"].sessions
+    clock = delivering.api.clock
+    async with transaction(sessions) as session:  # a slow worker claims...
+        [stale] = await queue.claim_due_deliveries(session, now=clock(), limit=1, lease_seconds=60)
+    clock.advance(61)
+    async with transaction(sessions) as session:  # ...its lease runs out and another claims
+        [fresh] = await queue.claim_due_deliveries(session, now=clock(), limit=1, lease_seconds=60)
+    aborted = AttemptOutcome(status=400, abort=True)
+    await delivering.worker._record([(stale, aborted)])
+
+    async def reports() -> list[Any]:
+        return await delivering.sql("SELECT id FROM event WHERE type = 'delivery.failed'")
+
+    assert await reports() == [], "the stale worker's verdict is not the delivery's"
+    await delivering.worker._record([(fresh, aborted)])
+    assert len(await reports()) == 1, "the current claim's is"
