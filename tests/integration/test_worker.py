@@ -416,29 +416,36 @@ async def test_manual_redeliveries_are_marked_in_the_attempt_log(delivering: Del
     ]
 
 
+async def taken_over(delivering: Delivering) -> tuple[queue.ClaimedDelivery, ...]:
+    """The one due delivery claimed by a slow worker whose lease then runs out, and claimed
+    again by another: both claims."""
+    sessions = delivering.api.app.extensions["tidings"].sessions
+    clock = delivering.api.clock
+    async with transaction(sessions) as session:
+        [stale] = await queue.claim_due_deliveries(session, now=clock(), limit=1, lease_seconds=60)
+    clock.advance(61)
+    async with transaction(sessions) as session:
+        [fresh] = await queue.claim_due_deliveries(session, now=clock(), limit=1, lease_seconds=60)
+    return stale, fresh
+
+
 async def test_an_attempt_after_its_lease_was_taken_over_does_not_overwrite(
     delivering: Delivering,
 ) -> None:
     endpoint = await delivering.endpoint("/taken-over", 500)
     await delivering.publish()
-    sessions = delivering.api.app.extensions["tidings"].sessions
-    clock = delivering.api.clock
-    async with transaction(sessions) as session:  # a slow worker claims...
-        [stale] = await queue.claim_due_deliveries(session, now=clock(), limit=1, lease_seconds=60)
-    clock.advance(61)
-    async with transaction(sessions) as session:  # ...its lease runs out and another claims
-        [fresh] = await queue.claim_due_deliveries(session, now=clock(), limit=1, lease_seconds=60)
+    stale, fresh = await taken_over(delivering)
     assert fresh.id == stale.id and fresh.lease_expires_at != stale.lease_expires_at
     late = queue.AttemptRecord(
         delivery_id=stale.id,
         endpoint_id=endpoint["id"],
-        attempted_at=clock(),
+        attempted_at=delivering.api.clock(),
         outcome=AttemptOutcome(status=500),
         status=DeliveryStatus.FAILED,
         next_attempt_at=None,
         lease_expires_at=stale.lease_expires_at,
     )
-    async with transaction(sessions) as session:
+    async with transaction(delivering.api.app.extensions["tidings"].sessions) as session:
         await queue.record_attempts(session, [late])
     [delivery] = await delivering.deliveries(endpoint["id"])
     assert delivery["status"] == "delivering", "the stale attempt left the new claim alone"
@@ -455,13 +462,7 @@ async def test_a_worker_that_lost_its_lease_does_not_report_the_delivery_failed(
     not the stale one, decides whether `delivery.failed` is sent."""
     await delivering.endpoint("/taken-over")
     await delivering.publish()
-    sessions = delivering.api.app.extensions["tidings"].sessions
-    clock = delivering.api.clock
-    async with transaction(sessions) as session:  # a slow worker claims...
-        [stale] = await queue.claim_due_deliveries(session, now=clock(), limit=1, lease_seconds=60)
-    clock.advance(61)
-    async with transaction(sessions) as session:  # ...its lease runs out and another claims
-        [fresh] = await queue.claim_due_deliveries(session, now=clock(), limit=1, lease_seconds=60)
+    stale, fresh = await taken_over(delivering)
     aborted = AttemptOutcome(status=400, abort=True)
     await delivering.worker._record([(stale, aborted)])
 
