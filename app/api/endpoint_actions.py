@@ -11,6 +11,7 @@ from quart import Blueprint
 from quart_schema import document_request
 
 from app.api.context import require_role, scope_of, services
+from app.api.fhir_subscriptions import restart_after_enable
 from app.api.requests import body_as
 from app.domain import ids
 from app.domain.errors import Conflict, NotFound, Problem, ValidationFailed
@@ -76,6 +77,7 @@ async def enable(endpoint_id: str) -> dict[str, Any]:
     recovered = 0
     async with transaction(services().sessions) as session:
         if await endpoints.enable_endpoint(session, endpoint.id, now):
+            await restart_after_enable(session, scope_of(principal), endpoint.id, now)
             await outbox.insert_operational_event(
                 session,
                 endpoint.organization_id,

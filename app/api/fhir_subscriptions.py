@@ -17,6 +17,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.api import pagination
 from app.api.context import require_role, scope_of, services
+from app.api.fhir_metadata import topic_canonicals
 from app.api.fhir_outcomes import fhir_response
 from app.api.fhir_subscription_input import AcceptedSubscription, accepted_subscription
 from app.api.problems import ApiError
@@ -24,9 +25,16 @@ from app.api.requests import json_body
 from app.domain import secrets
 from app.domain.errors import NotFound, Problem, ValidationFailed
 from app.domain.models import Principal, Role, SignatureScheme
-from app.fhir.subscriptions import fhir_id, render_subscription, tidings_id
+from app.fhir.subscriptions import (
+    SubscriptionError,
+    fhir_id,
+    parse_subscription,
+    render_subscription,
+    tidings_id,
+)
 from app.store import endpoints, subscriptions, tenants
 from app.store.db import transaction
+from app.store.endpoints import Scope
 from app.store.tables import EndpointRow
 
 blueprint = Blueprint("fhir_subscriptions", __name__, url_prefix="/fhir/Subscription")
@@ -253,11 +261,34 @@ async def _activate(
         {"active": True, "disabled_at": None, "disabled_reason": None, "last_notified_at": now},
         now,
     )
-    if accepted.is_topic_based:
+    await _start(session, row, topic_based=accepted.is_topic_based, now=now)
+
+
+async def _start(session: AsyncSession, row: EndpointRow, *, topic_based: bool, now: Any) -> None:
+    """A Subscription that is (again) on: a new handshake if topic-based, else active at once."""
+    if topic_based:
         await subscriptions.request_handshake(session, row, now)
     else:
         await subscriptions.set_status(session, row.id, "active", None, now)
     await session.refresh(row)
+
+
+async def restart_after_enable(
+    session: AsyncSession, scope: Scope, endpoint_id: str, now: Any
+) -> None:
+    """The endpoint was just enabled (`POST /v1/endpoints/{id}/enable`): its Subscription, if it
+    is one, starts again as when re-requested, instead of showing `off`. Whether it is
+    topic-based is read from the stored resource; if that no longer reads (the catalog
+    changed), it is made active at once."""
+    row = await endpoints.select_endpoint_row(session, scope, endpoint_id)
+    if row is None or row.fhir_version is None:
+        return
+    try:
+        spec = parse_subscription(row.fhir_resource, topics=topic_canonicals())
+    except SubscriptionError:
+        await _start(session, row, topic_based=False, now=now)
+        return
+    await _start(session, row, topic_based=spec.is_topic_based, now=now)
 
 
 def _encrypted(credentials: str | None) -> str | None:

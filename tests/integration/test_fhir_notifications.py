@@ -12,6 +12,7 @@ import standardwebhooks
 
 from app.delivery import notifications
 from app.factory import create_app
+from app.fhir.subscriptions import tidings_id
 from app.runtime import build_runtime
 from tests.integration.conftest import Api, fake_resolve
 from tests.integration.delivery_harness import Delivering
@@ -306,3 +307,24 @@ async def test_re_requesting_an_errored_subscription_shakes_hands_again(
     await delivering.drain()
     shown = await subscription(delivering, created["id"])
     assert shown["status"] == "active" and "error" not in shown
+
+
+async def test_enabling_a_disabled_subscription_s_endpoint_starts_it_again(
+    delivering: Delivering,
+) -> None:
+    """Through `POST /v1/endpoints/{id}/enable`, as through a PUT with `requested`: a
+    topic-based Subscription shakes hands again and is active, not left showing `off`."""
+    url = delivering.receiver.script("/enabled", Answer(status=410), 200)
+    created = await create(delivering.api, delivering.partner, backport(url))
+    await delivering.worker.run_once()
+    assert (await subscription(delivering, created["id"]))["status"] == "off"
+    endpoint_id = tidings_id(created["id"])
+    response = await delivering.api.call(
+        "POST", f"/v1/endpoints/{endpoint_id}/enable", delivering.partner
+    )
+    assert response.status_code == 200, await response.get_data(as_text=True)
+    assert (await subscription(delivering, created["id"]))["status"] == "requested"
+    await delivering.drain()
+    shown = await subscription(delivering, created["id"])
+    assert shown["status"] == "active" and "error" not in shown
+    assert len(delivering.receiver.at("/enabled")) == 2, "the handshake that got 410, and anew"
