@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
@@ -17,6 +17,8 @@ from app.store.db import SessionFactory
 
 # How often Subscriptions are checked for a due heartbeat (their periods are seconds or more).
 HEARTBEAT_CHECK_SECONDS = 5
+# How often every ordered endpoint's queue is checked (see `maintenance.move_ordered_queues_on`).
+ORDERED_QUEUES_CHECK_SECONDS = 60
 
 
 def build_scheduler(
@@ -31,8 +33,8 @@ def build_scheduler(
 ) -> TimedWork:
     """Due retries wake the worker every `poll_seconds`; Subscription heartbeats are queued as
     they fall due; auto-disable runs every minute (more often when `disable_after` is short,
-    so the rule holds within a quarter of it); due upstream FHIR servers are polled every
-    second."""
+    so the rule holds within a quarter of it); the ordered endpoints' queues are checked at
+    start and every minute; due upstream FHIR servers are polled every second."""
     timed = TimedWork()
     timed.every(poll_seconds, "due-retries", worker.wake)
 
@@ -45,7 +47,12 @@ def build_scheduler(
             sessions, catalog=catalog, now=clock(), disable_after=disable_after
         )
 
+    async def ordered_queues() -> None:
+        await maintenance.move_ordered_queues_on(sessions, now=clock())
+        worker.wake()
+
     timed.every(HEARTBEAT_CHECK_SECONDS, "subscription-heartbeats", heartbeats)
+    timed.every(ORDERED_QUEUES_CHECK_SECONDS, "ordered-queues", ordered_queues, at_start=True)
     timed.every(max(1, min(60, disable_after // 4)), "auto-disable", disable_failing)
     if upstreams is not None:
         # Each upstream keeps its own `next_poll_at`; this only looks for the due ones.
@@ -65,11 +72,14 @@ class TimedWork:
     def __init__(self) -> None:
         self._scheduler = AsyncIOScheduler()
         self._running: set[asyncio.Task[object]] = set()
+        self._at_start: list[str] = []  # the jobs that run first when the scheduler starts
 
-    def every(self, seconds: float, name: str, job: Callable[[], object]) -> None:
+    def every(
+        self, seconds: float, name: str, job: Callable[[], object], *, at_start: bool = False
+    ) -> None:
         """Run `job` every `seconds` on the event loop (a plain function too: APScheduler
         would run it on a thread), never overlapping itself, skipping missed runs instead of
-        catching up."""
+        catching up; with `at_start`, first as soon as the scheduler starts."""
         self._scheduler.add_job(
             self._tracked(job),
             "interval",
@@ -78,6 +88,8 @@ class TimedWork:
             max_instances=1,
             coalesce=True,
         )
+        if at_start:
+            self._at_start.append(name)
 
     def _tracked(self, job: Callable[[], object]) -> Callable[[], Awaitable[None]]:
         async def call() -> object:
@@ -99,6 +111,8 @@ class TimedWork:
     def start(self) -> None:
         """Begin running the jobs (needs a running event loop)."""
         self._scheduler.start()
+        for name in self._at_start:
+            self._scheduler.modify_job(name, next_run_time=datetime.now(UTC))
 
     async def stop(self) -> None:
         """Start no more jobs and wait for the running ones to finish."""

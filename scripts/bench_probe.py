@@ -8,6 +8,7 @@ print. Run from the repository root with the project's virtualenv:
     .venv/bin/python scripts/bench_probe.py sender                      # no database
     .venv/bin/python scripts/bench_probe.py queue --postgres --deliveries 50000
     .venv/bin/python scripts/bench_probe.py queue --postgres --ordered --deliveries 2000
+    .venv/bin/python scripts/bench_probe.py queue --postgres --idle-ordered 2000
 
 drain: `tidings worker` processes drain N pending deliveries to 10 endpoints of the fast
 receiver, held until the workers have started, then released at once; prints the rate from the
@@ -26,7 +27,8 @@ claims of 256 (`claim_due_deliveries`) and the record of their successes (`recor
 each in its own transaction, no HTTP. Prints each step's wall time per delivery and, on
 PostgreSQL, the server's CPU time per delivery (every `postgres` process in /proc, so the
 server must run on this machine and be otherwise idle). With `--ordered`, each claim can only
-lease each endpoint's oldest delivery: 10 a claim.
+lease each endpoint's oldest delivery: 10 a claim. With `--idle-ordered N`, N more ordered
+endpoints exist that receive nothing: what they cost the claims of everyone else.
 """
 
 from __future__ import annotations
@@ -87,12 +89,14 @@ async def held_queue(
 ) -> tuple[Database, AsyncEngine]:
     """A database with `args.deliveries` pending deliveries to 10 endpoints of the receiver
     (ordered ones with `--ordered`), held (due in a day; vacuumed on PostgreSQL), and an
-    engine on it."""
+    engine on it. With `--idle-ordered N`, N more ordered endpoints that receive nothing."""
     database = await _database(args, work, f"probe_{name}")
     engine = bench_engine(database)
     urls = [receiver.url(f"/ok/{name}{n}") for n in range(10)]
     specs = [EndpointSpec(name, url, ("encounter.*",), ordered=args.ordered) for url in urls]
     await seed_deliveries(engine, name, await seed_endpoints(engine, specs), args.deliveries)
+    idle = [EndpointSpec(name, urls[0], ("idle.*",), ordered=True)] * args.idle_ordered
+    await seed_endpoints(engine, idle)
     await hold_deliveries(engine)
     return database, engine
 
@@ -320,6 +324,12 @@ def main() -> None:
     parser.add_argument("--deliveries", type=int, default=20_000, help="drain, queue: length")
     parser.add_argument(
         "--ordered", action="store_true", help="drain, queue: the endpoints deliver in order"
+    )
+    parser.add_argument(
+        "--idle-ordered",
+        type=int,
+        default=0,
+        help="drain, queue: this many more ordered endpoints, with nothing to deliver",
     )
     parser.add_argument("--seconds", type=float, default=10, help="e2e: measured seconds")
     parser.add_argument("--requests", type=int, default=20_000, help="sender: per round")

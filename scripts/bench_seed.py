@@ -22,7 +22,7 @@ from app.delivery import wakeups
 from app.domain import ids, secrets
 from app.domain.models import DeliveryStatus
 from app.store.db import make_engine, make_session_factory, transaction
-from app.store.deliveries import schedule_next_in_order
+from app.store.ordered_queues import move_all_on
 from app.store.tables import (
     DeliveryRow,
     EndpointEventType,
@@ -238,7 +238,7 @@ async def hold_deliveries(engine: AsyncEngine) -> None:
             )
         )
     async with transaction(make_session_factory(engine)) as session:
-        await schedule_next_in_order(session, later)
+        await move_all_on(session, later)
     if engine.dialect.name == "postgresql":
         async with engine.connect() as connection:
             autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")

@@ -1,4 +1,5 @@
-"""Timed work the scheduler runs: auto-disable of endpoints that only fail."""
+"""Timed work the scheduler runs: auto-disable of endpoints that only fail, and a check of the
+ordered endpoints' queues."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from datetime import datetime, timedelta
 from app.delivery import operational
 from app.domain.catalog import Catalog
 from app.domain.retry import should_disable
-from app.store import deliveries
+from app.store import deliveries, ordered_queues
 from app.store.db import SessionFactory, transaction
 
 log = logging.getLogger("tidings.maintenance")
@@ -35,3 +36,12 @@ async def disable_failing_endpoints(
                 log.warning("disabled endpoint %s: %s", endpoint_id, reason)
                 disabled.append(endpoint_id)
     return disabled
+
+
+async def move_ordered_queues_on(sessions: SessionFactory, *, now: datetime) -> None:
+    """Move on the queue of every ordered endpoint that has nothing scheduled. The transactions
+    that change a queue move it on themselves (`ordered_queues`); this finds the queues an
+    earlier version of Tidings left held (it moved them on in each claim), and any that
+    something unforeseen left so."""
+    async with transaction(sessions) as session:
+        await ordered_queues.move_all_on(session, now)

@@ -19,7 +19,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.domain import ids
 from app.domain.models import DeliveryStatus, Endpoint, Event
 from app.domain.retry import AttemptOutcome
-from app.store import outbox
+from app.store import ordered_queues, outbox
 from app.store.bulk import BulkStatement
 from app.store.db import execute_core
 from app.store.endpoints import (
@@ -103,11 +103,10 @@ async def claim_due_deliveries(
     Each kind is one statement that picks the rows in due order (an index walk that stops at
     `limit`, however long the queue) and leases them, returning them. On PostgreSQL, rows
     locked by another worker are skipped (`FOR UPDATE SKIP LOCKED`), so several workers share
-    the queue without sending anything twice. Ordered endpoints' queues move on first
-    (`schedule_next_in_order`).
+    the queue without sending anything twice. An ordered endpoint has at most one delivery
+    scheduled (`ordered_queues`): the others are held, in no due walk.
     """
     postgres = session.get_bind().dialect.name == "postgresql"
-    await schedule_next_in_order(session, now)
     lease = now + timedelta(seconds=lease_seconds)
     kinds = [DeliveryStatus.PENDING]
     if expired_leases:
@@ -178,88 +177,6 @@ def _endpoint_flag(flag: Any) -> Any:
     )
 
 
-async def schedule_next_in_order(session: AsyncSession, now: datetime) -> None:
-    """Make the next delivery of each active ordered endpoint due at `now`, where none of its
-    deliveries is due or in flight.
-
-    An ordered endpoint's deliveries are stored held (pending, with no `next_attempt_at`), and
-    so are out of the due walks. This moves its queue on one delivery at a time, in the order of
-    their events (`occurred_at`, then delivery id): a few index lookups per ordered endpoint,
-    however long its queue. A delivery waiting for a retry stays due, so the rest wait for it,
-    as they wait for one in flight.
-
-    Three statements. The ordered endpoints are locked first (on PostgreSQL; skipping those
-    another claim holds), so that two claims cannot each schedule a different delivery of one
-    endpoint; the heads are read next, in a snapshot taken after the lock; then they are
-    updated by id. (One UPDATE with the lookup inside left the plan to statistics, which may
-    predate the queue.)
-    """
-    endpoints = [endpoint_id for (endpoint_id,) in await _rows(session, _LOCK_ORDERED)]
-    if not endpoints:
-        return
-    found = await _rows(session, _NEXT_IN_ORDER, {"endpoints": endpoints})
-    heads = [head for (head,) in found if head is not None]
-    if heads:
-        await execute_core(session, _SCHEDULE_HELD, {"ids": heads, "now": now})
-
-
-def _next_in_order() -> Any:
-    """The held delivery each of the endpoints in `:endpoints` is to send next, where none of
-    its deliveries is scheduled (None where it has none held)."""
-    held = _delivery.alias("held")
-    live = _delivery.alias("live")
-    endpoint: sa.Table = EndpointRow.__table__  # type: ignore[attr-defined]
-    head = (
-        sa.select(held.c.id)
-        .where(held.c.endpoint_id == endpoint.c.id, *_held(held))
-        .order_by(held.c.occurred_at, held.c.id)
-        .limit(1)
-        .correlate(endpoint)
-        .scalar_subquery()
-    )
-    # NOT EXISTS, not a subquery with LIMIT 1: given a LIMIT, PostgreSQL may expect a scan of
-    # the table to find a row soon, and scan all of it when there is none.
-    busy = sa.exists().where(live.c.endpoint_id == endpoint.c.id, _scheduled(live))
-    return sa.select(head).where(
-        endpoint.c.id.in_(sa.bindparam("endpoints", expanding=True)), sa.not_(busy)
-    )
-
-
-def _held(table: sa.FromClause) -> tuple[Any, ...]:
-    """The rows of `table` (the deliveries) that are held: `HELD`, the predicate of
-    `ix_delivery_held`, as SQLite needs it to use that index (a literal, not a parameter)."""
-    return (
-        table.c.status == sa.literal_column(f"'{_PENDING}'"),
-        table.c.next_attempt_at.is_(None),
-    )
-
-
-def _scheduled(table: sa.FromClause) -> Any:
-    """The rows of `table` (the deliveries) that are scheduled: `SCHEDULED`, the predicate of
-    `ix_delivery_scheduled`. Nothing else may serve this lookup, whatever the statistics say:
-    `ix_delivery_due` needs a status, which finished deliveries never match here anyway."""
-    return table.c.next_attempt_at.is_not(None)
-
-
-_PENDING = DeliveryStatus.PENDING.value
-_LOCK_ORDERED = (
-    sa.select(col(EndpointRow.id))
-    .where(col(EndpointRow.ordered) == sa.true(), col(EndpointRow.active) == sa.true())
-    # FOR NO KEY UPDATE, not FOR UPDATE: that would conflict with the FOR KEY SHARE of every
-    # delivery being stored to the endpoint (its foreign key), and skip the endpoint meanwhile.
-    .with_for_update(skip_locked=True, key_share=True)
-)
-_NEXT_IN_ORDER = _next_in_order()
-_SCHEDULE_HELD = (
-    sa.update(_delivery)
-    .where(_delivery.c.id.in_(sa.bindparam("ids", expanding=True)), *_held(_delivery))
-    .values(
-        next_attempt_at=sa.bindparam("now", type_=UTCDateTime()),
-        updated_at=sa.bindparam("now", type_=UTCDateTime()),
-    )
-)
-
-
 async def _load_claimed(
     session: AsyncSession, deliveries: Sequence[Any], lease: datetime, now: datetime
 ) -> list[ClaimedDelivery]:
@@ -319,6 +236,8 @@ async def _rows(session: AsyncSession, query: Any, parameters: Any = None) -> Se
 
 async def record_attempts(session: AsyncSession, records: Sequence[AttemptRecord]) -> None:
     """Write the attempts and move each delivery to its next state: two batched statements.
+    Where a delivery finished, its endpoint's queue moves on if the endpoint is ordered
+    (`ordered_queues.move_on`: one more statement, three if any is).
 
     The state changes only while the delivery still carries the lease of the claim that made
     the attempt: a worker whose lease ran out (and whose delivery another worker claimed
@@ -337,6 +256,10 @@ async def record_attempts(session: AsyncSession, records: Sequence[AttemptRecord
             for r in records
         ],
     )
+    finished = [r for r in records if r.status in _FINISHED]
+    if finished:
+        now = max(r.attempted_at for r in finished)
+        await ordered_queues.move_on(session, {r.endpoint_id for r in finished}, now)
 
 
 async def still_leased(session: AsyncSession, records: Sequence[AttemptRecord]) -> set[str]:
@@ -358,6 +281,7 @@ _LEASES = (
 )
 
 
+_FINISHED = frozenset({DeliveryStatus.SUCCEEDED, DeliveryStatus.FAILED, DeliveryStatus.CANCELLED})
 # A delivery's next state after an attempt, while it still carries the claim's lease.
 _RECORD_OUTCOMES = BulkStatement(
     sa.update(_delivery)
@@ -434,16 +358,18 @@ async def release_deliveries(
 
 async def hold_pending(session: AsyncSession, endpoint_id: str, *, now: datetime) -> int:
     """Hold every pending delivery of an endpoint that has just become ordered, so that they go
-    one at a time, in order, from the next claim on (one in flight finishes first); how many."""
+    one at a time, in order: the earliest at once, unless one is in flight (the queue moves on
+    when it finishes); how many were pending."""
     result = await session.exec(
         sa.update(_delivery)
         .where(
             _delivery.c.endpoint_id == endpoint_id,
             _delivery.c.status == DeliveryStatus.PENDING.value,
-            _scheduled(_delivery),
+            ordered_queues.scheduled(_delivery),
         )
         .values(next_attempt_at=None, updated_at=now)
     )
+    await ordered_queues.move_on(session, [endpoint_id], now)
     return int(result.rowcount)
 
 
@@ -453,7 +379,7 @@ async def release_held(session: AsyncSession, endpoint_id: str, *, now: datetime
     can be stored held for it meanwhile."""
     result = await session.exec(
         sa.update(_delivery)
-        .where(_delivery.c.endpoint_id == endpoint_id, *_held(_delivery))
+        .where(_delivery.c.endpoint_id == endpoint_id, *ordered_queues.held(_delivery))
         .values(next_attempt_at=now, updated_at=now)
     )
     return int(result.rowcount)

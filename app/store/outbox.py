@@ -5,8 +5,8 @@ candidates for the event type (`store/candidates.py`: one indexed query, cached 
 while the organization's endpoints do not change), checks each with the matching rules, and
 stores the event and one pending delivery per endpoint in the caller's transaction. The worker
 finds the deliveries by their `next_attempt_at`; an accepted event is therefore never lost. A
-delivery to an ordered endpoint is stored held (no `next_attempt_at`): the worker schedules it
-when its turn comes (`deliveries.schedule_next_in_order`).
+delivery to an ordered endpoint is stored held (no `next_attempt_at`), and becomes due when its
+turn comes (`ordered_queues`).
 
 Duplicates are refused by the database itself: `INSERT ... ON CONFLICT DO NOTHING` on the unique
 (organization, idempotency key) and (organization, change key), so two concurrent requests with
@@ -30,6 +30,7 @@ from app.domain import ids, matching
 from app.domain.catalog import Catalog
 from app.domain.models import DeliveryStatus, Endpoint, Event, JSONObject
 from app.fhir.resource_types import is_resource_type
+from app.store import ordered_queues
 from app.store.bulk import BulkStatement
 from app.store.candidates import CANDIDATES, endpoints_version_of
 from app.store.endpoints import Scope, ordered_among
@@ -139,7 +140,7 @@ async def insert_events_with_deliveries(
         counts.append(len(new_rows))
         unnamed += new_rows
     rows = _named(unnamed)
-    await _store_deliveries(session, rows)
+    await _store_deliveries(session, rows, now)
     delivery_ids = (row[0] for row in rows)
     return [None if count is None else list(islice(delivery_ids, count)) for count in counts]
 
@@ -175,7 +176,7 @@ async def insert_deliveries(
     `numbered=False` says the caller knows none of the endpoints is a Subscription.
     """
     rows = _named(await _delivery_rows(session, event, endpoint_ids, now, numbered=numbered))
-    await _store_deliveries(session, rows)
+    await _store_deliveries(session, rows, now)
     return [row[0] for row in rows]
 
 
@@ -211,14 +212,19 @@ async def _delivery_rows(
     ]
 
 
-async def _store_deliveries(session: AsyncSession, rows: Sequence[tuple[Any, ...]]) -> None:
-    """Insert named delivery rows, those to an ordered endpoint held (no `next_attempt_at`):
-    whether it is ordered is read here, as they are stored (`endpoints.ordered_among`), not
-    from a cache."""
+async def _store_deliveries(
+    session: AsyncSession, rows: Sequence[tuple[Any, ...]], now: datetime
+) -> None:
+    """Insert named delivery rows, those to an ordered endpoint held (no `next_attempt_at`),
+    and move those endpoints' queues on (`ordered_queues`): an idle one's earliest is due at
+    once. Whether an endpoint is ordered is read here, as they are stored
+    (`endpoints.ordered_among`), not from a cache."""
     ordered = await ordered_among(session, {row[_ENDPOINT_AT] for row in rows})
     if ordered:
         rows = [_as_held(row) if row[_ENDPOINT_AT] in ordered else row for row in rows]
     await _INSERT_DELIVERIES.execute(session, rows)
+    if ordered:
+        await ordered_queues.move_on(session, ordered, now)
 
 
 def _as_held(row: tuple[Any, ...]) -> tuple[Any, ...]:

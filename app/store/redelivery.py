@@ -9,6 +9,7 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.domain.models import DeliveryStatus
+from app.store import ordered_queues
 from app.store.endpoints import ordered_among
 from app.store.tables import DeliveryRow
 
@@ -66,6 +67,8 @@ async def recover_failed(
     if until is not None:
         query = query.where(_delivery.c.created_at < until)
     result = await session.exec(query)
+    if ordered:
+        await ordered_queues.move_on(session, [endpoint_id], now)
     return int(result.rowcount)
 
 

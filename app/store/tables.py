@@ -70,8 +70,6 @@ class EndpointRow(SQLModel, table=True):
     """A registered receiver (and, later, the storage of a FHIR Subscription's face)."""
 
     __tablename__ = "endpoint"
-    # What each claim looks up: the ordered endpoints, whose queues it moves on.
-    __table_args__ = (sa.Index("ix_endpoint_ordered", "ordered"),)
 
     id: str = Field(primary_key=True, max_length=40)
     organization_id: str = Field(foreign_key="organization.id", index=True, max_length=64)
@@ -169,8 +167,7 @@ class DeliveryRow(SQLModel, table=True):
 
     `next_attempt_at` is set exactly while a delivery is scheduled: due then, or in flight.
     Finished deliveries have none, and neither have held ones: pending, waiting for an earlier
-    delivery to their ordered endpoint to finish, and in no due walk. Each claim moves an
-    ordered endpoint's queue on (`deliveries.schedule_next_in_order`).
+    delivery to their ordered endpoint to finish, and in no due walk (`ordered_queues`).
     """
 
     __tablename__ = "delivery"

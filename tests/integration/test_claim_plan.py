@@ -1,8 +1,8 @@
 """A claim reads about as many deliveries as it leases, however long the queue is, even when the
 statistics were taken before the queue came due (as after an outage, or a release of held
 deliveries): on PostgreSQL a join with the endpoints let the planner hash and sort every due
-delivery before the LIMIT. And an ordered endpoint's long queue of held deliveries costs each
-claim a few index lookups, not a walk: each claim used to test every waiting delivery for an
+delivery before the LIMIT. And moving an ordered endpoint's long queue of held deliveries on
+costs a few index lookups, not a walk: claims used to test every waiting delivery for an
 earlier unfinished one."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.store import deliveries as queue
+from app.store import ordered_queues
 from app.store.db import SessionFactory, make_engine, make_session_factory, transaction
 from tests.integration.outbox_helpers import stored_endpoint
 
@@ -96,7 +97,7 @@ async def test_a_claim_walks_the_due_index_and_stops_at_its_limit(database_url: 
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
-async def test_an_ordered_endpoints_held_queue_costs_a_claim_a_few_lookups(
+async def test_moving_an_ordered_endpoints_held_queue_on_costs_a_few_lookups(
     database_url: str,
 ) -> None:
     engine, sessions = await queued(database_url, DUE)
@@ -106,8 +107,10 @@ async def test_an_ordered_endpoints_held_queue_costs_a_claim_a_few_lookups(
 
     with _explained(engine.sync_engine, "EXPLAIN (ANALYZE) ") as plans:
         async with transaction(sessions) as session:
-            await queue.schedule_next_in_order(session, NOW)
+            await ordered_queues.move_all_on(session, NOW)
     async with transaction(sessions) as session:  # for real this time
+        await ordered_queues.move_all_on(session, NOW)
+    async with transaction(sessions) as session:
         claimed = await queue.claim_due_deliveries(
             session, now=NOW, limit=LIMIT, lease_seconds=60, expired_leases=False
         )
@@ -129,9 +132,10 @@ async def test_sqlite_finds_an_ordered_endpoints_next_delivery_by_index(
     engine = make_engine(database_url)
     sessions = make_session_factory(engine)
     async with transaction(sessions) as session:
-        await stored_endpoint(session, "acme", NOW, ordered=True)
+        endpoint = await stored_endpoint(session, "acme", NOW, ordered=True)
     with _explained(engine.sync_engine, "EXPLAIN QUERY PLAN ") as plans:
         async with transaction(sessions) as session:
+            await ordered_queues.move_on(session, [endpoint], NOW)
             await queue.claim_due_deliveries(session, now=NOW, limit=LIMIT, lease_seconds=60)
     await engine.dispose()
 

@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
+from app.delivery import maintenance
 from app.domain import ids
-from app.domain.models import Event
+from app.domain.models import DeliveryStatus, Event
+from app.domain.retry import AttemptOutcome
 from app.store import deliveries as queue
 from app.store import outbox
 from app.store.db import transaction
+from app.store.deliveries import AttemptRecord, ClaimedDelivery
 from tests.integration.delivery_harness import Delivering
 from tests.receivers import Answer
 
@@ -32,18 +36,19 @@ async def publish_numbered(delivering: Delivering, number: int, **fields: Any) -
     return await delivering.publish(data=data, idempotency_key=f"n{number}", **fields)
 
 
-async def test_events_go_in_the_order_they_occurred_not_the_order_they_arrived(
+async def test_waiting_events_go_in_the_order_they_occurred_not_the_order_they_arrived(
     delivering: Delivering,
 ) -> None:
     endpoint = await delivering.endpoint("/occurred", ordered=True)
-    start = delivering.api.clock.now
-    for number, minutes in [(3, 30), (1, 10), (4, 40), (2, 20)]:
-        moment = start - timedelta(hours=1) + timedelta(minutes=minutes)
+    start = delivering.api.clock.now - timedelta(hours=1)
+    await publish_numbered(delivering, 0, occurred_at=start.isoformat())  # due: nothing before
+    for number, minutes in [(3, 30), (1, 10), (4, 40), (2, 20)]:  # they wait behind it
+        moment = start + timedelta(minutes=minutes)
         await publish_numbered(delivering, number, occurred_at=moment.isoformat())
-    for _ in range(4):
+    for _ in range(5):
         assert await delivering.worker.run_once() == 1, "one at a time"
     assert await delivering.worker.run_once() == 0
-    assert numbers_received(delivering, "/occurred") == [1, 2, 3, 4]
+    assert numbers_received(delivering, "/occurred") == [0, 1, 2, 3, 4]
     assert {d["status"] for d in await delivering.deliveries(endpoint["id"])} == {"succeeded"}
 
 
@@ -88,7 +93,7 @@ async def test_switching_ordered_on_queues_what_is_pending_in_order(
     )
     assert response.status_code == 200 and (await response.get_json())["ordered"] is True
     waiting = [d["next_attempt_at"] for d in await delivering.deliveries(endpoint["id"])]
-    assert waiting == [None, None, None]
+    assert waiting.count(None) == 2, "held, but for the earliest, due at once"
     for _ in range(3):
         assert await delivering.worker.run_once() == 1, "one at a time now"
     received = numbers_received(delivering, "/switched")
@@ -123,24 +128,26 @@ async def test_recovered_failures_of_an_ordered_endpoint_go_again_in_order(
 async def test_a_delivery_stored_while_ordered_changes_follows_the_change(
     delivering: Delivering, ordered_before: bool
 ) -> None:
-    """A request storing a delivery has read the endpoint's flag (under its lock) when the flag
-    is switched: the switch waits for it to commit, then holds or releases that delivery too.
-    Without the wait, a delivery held for an endpoint no longer ordered would never be sent."""
+    """A request storing deliveries has read the endpoint's flag (under its lock) when the flag
+    is switched: the switch waits for it to commit, then holds or releases them too. Without
+    the wait, deliveries held for an endpoint no longer ordered would never be sent."""
     endpoint = await delivering.endpoint("/switch", ordered=ordered_before)
     sessions = delivering.api.app.extensions["tidings"].sessions
     now = delivering.api.clock()
-    event = Event(
-        id=ids.new_id("evt"),
-        organization_id=endpoint["organization"],
-        type="ping",
-        occurred_at=now,
-        data={"message": "ping"},
-        source="test",
-    )
-    async with transaction(sessions) as session:
-        [delivery_id] = await outbox.insert_event_for_endpoints(
-            session, event, [endpoint["id"]], now
+    events = [
+        Event(
+            id=ids.new_id("evt"),
+            organization_id=endpoint["organization"],
+            type="ping",
+            occurred_at=now + timedelta(seconds=number),
+            data={"message": "ping"},
+            source="test",
         )
+        for number in range(2)
+    ]
+    async with transaction(sessions) as session:
+        for event in events:
+            await outbox.insert_event_for_endpoints(session, event, [endpoint["id"]], now)
         switch = asyncio.create_task(
             delivering.api.call(
                 "PATCH",
@@ -150,13 +157,12 @@ async def test_a_delivery_stored_while_ordered_changes_follows_the_change(
             )
         )
         await asyncio.sleep(0.3)
-        assert not switch.done(), "the switch waits for the delivery's transaction"
+        assert not switch.done(), "the switch waits for the deliveries' transaction"
     assert (await switch).status_code == 200
-    [(due,)] = await delivering.sql(
-        "SELECT next_attempt_at FROM delivery WHERE id = :id", id=delivery_id
-    )
-    assert (due is None) is (not ordered_before), "held exactly when the endpoint is ordered"
-    assert await delivering.worker.run_once() == 1  # released, or moved on as the queue's head
+    due = [d["next_attempt_at"] for d in await delivering.deliveries(endpoint["id"])]
+    # Ordered now: the earlier is due and the later held; no longer ordered: both due.
+    assert due.count(None) == (0 if ordered_before else 1)
+    assert await delivering.drain() == 2
 
 
 async def test_each_ordered_endpoint_moves_on_by_itself(delivering: Delivering) -> None:
@@ -214,26 +220,123 @@ async def test_a_running_worker_sends_the_next_in_order_without_waiting_for_a_po
     assert numbers_received(delivering, "/prompt") == [0, 1, 2, 3, 4]
 
 
-@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
-async def test_two_claims_never_schedule_two_deliveries_of_one_endpoint(
+async def scheduled_numbers(delivering: Delivering, endpoint_id: str) -> list[int]:
+    """The numbers of the endpoint's deliveries that are scheduled (due or in flight) now."""
+    rows = await delivering.sql(
+        "SELECT e.data FROM delivery d JOIN event e ON e.id = d.event_id "
+        "WHERE d.endpoint_id = :endpoint AND d.next_attempt_at IS NOT NULL",
+        endpoint=endpoint_id,
+    )
+    return sorted(
+        (data if isinstance(data, dict) else json.loads(data))["resources_added"]
+        for (data,) in rows
+    )
+
+
+async def test_the_queue_moves_on_as_deliveries_are_stored_and_finished(
     delivering: Delivering,
 ) -> None:
-    """One claim has scheduled the endpoint's next delivery and not yet committed when an
-    earlier event arrives: another claim, which cannot see the first one's choice, must leave
-    the endpoint alone rather than schedule the earlier event as well."""
-    endpoint = await delivering.endpoint("/race", ordered=True)
-    start = delivering.api.clock.now
-    await publish_numbered(delivering, 1, occurred_at=start.isoformat())
+    """An idle endpoint's first delivery is due as it is stored, and the next one as soon as
+    the one before is recorded, in that transaction: no claim has to look for it."""
+    endpoint = await delivering.endpoint("/moves", ordered=True)
+    for number in range(3):
+        await publish_numbered(delivering, number)
+    assert await scheduled_numbers(delivering, endpoint["id"]) == [0]
+    assert await delivering.worker.run_once() == 1
+    assert await scheduled_numbers(delivering, endpoint["id"]) == [1]
+    assert await delivering.worker.run_once() == 1
+    assert await delivering.worker.run_once() == 1
+    assert await scheduled_numbers(delivering, endpoint["id"]) == []
+    await publish_numbered(delivering, 3)
+    assert await scheduled_numbers(delivering, endpoint["id"]) == [3], "idle again: due at once"
+
+
+async def test_switching_ordered_on_while_deliveries_are_in_flight_moves_on_when_they_end(
+    delivering: Delivering,
+) -> None:
+    """Deliveries claimed before the switch finish as deliveries to an unordered endpoint; the
+    last of them to finish moves the queue on, read from the endpoint as it is now."""
+    endpoint = await delivering.endpoint("/inflight")
+    for number in range(2):
+        await publish_numbered(delivering, number)
     sessions = delivering.api.app.extensions["tidings"].sessions
     now = delivering.api.clock()
+    async with transaction(sessions) as session:
+        in_flight = await queue.claim_due_deliveries(session, now=now, limit=10, lease_seconds=60)
+    assert len(in_flight) == 2 and not in_flight[0].endpoint.ordered
+    response = await delivering.api.call(
+        "PATCH", f"/v1/endpoints/{endpoint['id']}", delivering.partner, json={"ordered": True}
+    )
+    assert response.status_code == 200
+    await publish_numbered(delivering, 2)
+    assert await scheduled_numbers(delivering, endpoint["id"]) == [0, 1], "#2 waits for them"
+    for claimed in in_flight:
+        async with transaction(sessions) as session:
+            await queue.record_attempts(session, [succeeded(claimed, now)])
+    assert await scheduled_numbers(delivering, endpoint["id"]) == [2]
+
+
+async def test_the_worker_moves_on_the_queues_an_earlier_version_left_held(
+    delivering: Delivering,
+) -> None:
+    """Claims used to move the queues on; a queue left with nothing scheduled, as the upgrade
+    leaves them, moves on when a worker starts (and at each check after)."""
+    endpoint = await delivering.endpoint("/upgraded", ordered=True)
+    for number in range(2):
+        await publish_numbered(delivering, number)
+    sessions = delivering.api.app.extensions["tidings"].sessions
+    async with transaction(sessions) as session:
+        await session.exec(
+            sa.text("UPDATE delivery SET next_attempt_at = NULL WHERE endpoint_id = :endpoint"),
+            params={"endpoint": endpoint["id"]},
+        )
+    assert await delivering.worker.run_once() == 0
+    await maintenance.move_ordered_queues_on(sessions, now=delivering.api.clock())
+    assert await scheduled_numbers(delivering, endpoint["id"]) == [0]
+    assert await delivering.worker.run_once() == 1
+    assert await delivering.worker.run_once() == 1
+    assert numbers_received(delivering, "/upgraded") == [0, 1]
+
+
+def succeeded(claimed: ClaimedDelivery, now: datetime) -> AttemptRecord:
+    return AttemptRecord(
+        delivery_id=claimed.id,
+        endpoint_id=claimed.endpoint.id,
+        attempted_at=now,
+        outcome=AttemptOutcome(status=200, duration_ms=1),
+        status=DeliveryStatus.SUCCEEDED,
+        next_attempt_at=None,
+        lease_expires_at=claimed.lease_expires_at,
+    )
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_two_stores_never_schedule_two_deliveries_of_one_endpoint(
+    delivering: Delivering,
+) -> None:
+    """One transaction has stored the endpoint's next delivery, scheduled it, and not yet
+    committed when an earlier event arrives: the second store, which cannot see the first
+    one's choice, waits for it rather than schedule the earlier event as well."""
+    endpoint = await delivering.endpoint("/race", ordered=True)
+    sessions = delivering.api.app.extensions["tidings"].sessions
+    now = delivering.api.clock()
+    event = Event(
+        id=ids.new_id("evt"),
+        organization_id=endpoint["organization"],
+        type="records.sync.completed",
+        occurred_at=now,
+        data={"connection_id": "c", "patient": "Patient/p", "resources_added": 1},
+        source="test",
+    )
     async with transaction(sessions) as first:
-        await queue.schedule_next_in_order(first, now)  # #1, in this open transaction
-        earlier = (start - timedelta(minutes=1)).isoformat()
-        await publish_numbered(delivering, 0, occurred_at=earlier)  # committed meanwhile
-        async with transaction(sessions) as second:
-            claimed = await queue.claim_due_deliveries(second, now=now, limit=10, lease_seconds=60)
-        assert claimed == [], "the endpoint is the first claim's"
+        await outbox.insert_event_for_endpoints(first, event, [endpoint["id"]], now)  # #1 due
+        earlier = (now - timedelta(minutes=1)).isoformat()
+        second = asyncio.create_task(publish_numbered(delivering, 0, occurred_at=earlier))
+        await asyncio.sleep(0.3)
+        assert not second.done(), "the second store waits for the first"
+    await second
+    assert await scheduled_numbers(delivering, endpoint["id"]) == [1], "#1 already chosen"
     assert await delivering.worker.run_once() == 1
     assert await delivering.worker.run_once() == 1
-    assert numbers_received(delivering, "/race") == [1, 0], "one at a time, #1 already chosen"
+    assert numbers_received(delivering, "/race") == [1, 0]
     assert {d["status"] for d in await delivering.deliveries(endpoint["id"])} == {"succeeded"}

@@ -1,4 +1,5 @@
-"""The scheduler's stop lets a running job finish, quietly; plain jobs run on the loop."""
+"""The scheduler's stop lets a running job finish, quietly; plain jobs run on the loop; a job
+marked `at_start` runs first as the scheduler starts."""
 
 from __future__ import annotations
 
@@ -69,3 +70,23 @@ async def test_a_failing_job_is_logged_and_runs_again(caplog: pytest.LogCaptureF
     await timed.stop()
 
     assert any("boom" in (r.exc_text or "") or r.exc_info for r in caplog.records)
+
+
+async def test_a_job_marked_at_start_runs_when_the_scheduler_starts_then_on_its_interval() -> None:
+    runs: list[str] = []
+    both = asyncio.Event()
+
+    def job(name: str) -> None:
+        runs.append(name)
+        if len(runs) == 2:
+            both.set()
+
+    timed = TimedWork()
+    timed.every(3600, "hourly", lambda: job("hourly"))
+    timed.every(3600, "at-start", lambda: job("at-start"), at_start=True)
+    timed.every(0.3, "soon", lambda: job("soon"))
+    timed.start()
+    await asyncio.wait_for(both.wait(), 5)
+    await timed.stop()
+
+    assert runs[:2] == ["at-start", "soon"], "the hourly job waits its hour"

@@ -1,0 +1,135 @@
+"""The queues of ordered endpoints: one delivery scheduled at a time, in the order of the events.
+
+A delivery to an ordered endpoint is stored *held*: pending, with no `next_attempt_at`, and so
+in no due walk. The endpoint's queue *moves on* when nothing of it is scheduled (due, waiting
+for a retry, or in flight): its earliest held delivery (by `occurred_at`, then id) becomes due.
+That happens in the transaction that makes the endpoint idle or gives it work, never in a claim:
+
+- storing deliveries held to it (`outbox`), which moves an idle endpoint's queue on at once;
+- recording a delivery's final outcome (the worker), which moves its endpoint's queue on;
+- switching `ordered` on, and recovering failures, which hold deliveries.
+
+So what moving on costs grows with the endpoints that change, not with the number of ordered
+endpoints: a claim, which once moved every ordered endpoint's queue on, does nothing for them.
+`move_all_on` does it for every ordered endpoint, once, when a worker starts: the queues that
+an earlier version left held.
+
+Each call is three statements. The endpoints are locked first (PostgreSQL; `FOR NO KEY UPDATE`,
+in id order), so that two transactions cannot each schedule a different delivery of one
+endpoint: the second waits, and then, in a snapshot taken after the first committed, finds a
+delivery scheduled. The heads are read next, then updated by id. (One UPDATE with the lookup
+inside left the plan to statistics, which may predate the queue.)
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Collection, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.domain.models import DeliveryStatus
+from app.store.db import execute_core
+from app.store.tables import DeliveryRow, EndpointRow
+from app.store.types import UTCDateTime
+
+_delivery: sa.Table = DeliveryRow.__table__  # type: ignore[attr-defined]
+_endpoint: sa.Table = EndpointRow.__table__  # type: ignore[attr-defined]
+_PENDING = DeliveryStatus.PENDING.value
+
+
+async def move_on(session: AsyncSession, endpoint_ids: Collection[str], now: datetime) -> None:
+    """Move on the queues of those of `endpoint_ids` that are ordered: where none of an
+    endpoint's deliveries is scheduled, its earliest held one becomes due at `now`. Waits for
+    another transaction moving one of them on (or changing its `ordered`) to end."""
+    if endpoint_ids:
+        await _move_on(session, _lock(among=True), {"ids": sorted(endpoint_ids)}, now)
+
+
+async def move_all_on(session: AsyncSession, now: datetime) -> None:
+    """`move_on` for every active ordered endpoint, skipping those another transaction holds
+    (it is moving them on)."""
+    await _move_on(session, _lock(among=False), None, now)
+
+
+async def _move_on(
+    session: AsyncSession, lock: Any, parameters: dict[str, Any] | None, now: datetime
+) -> None:
+    endpoints = [endpoint_id for (endpoint_id,) in await _rows(session, lock, parameters)]
+    if not endpoints:
+        return
+    found = await _rows(session, _NEXT_IN_ORDER, {"endpoints": endpoints})
+    heads = [head for (head,) in found if head is not None]
+    if heads:
+        await execute_core(session, _SCHEDULE_HELD, {"ids": heads, "now": now})
+
+
+@functools.cache
+def _lock(*, among: bool) -> Any:
+    """Lock the ordered endpoints: those in `:ids` (waiting for other holders), or every active
+    one (skipping those another transaction holds). FOR NO KEY UPDATE, not FOR UPDATE: that
+    would conflict with the FOR KEY SHARE of every delivery being stored to the endpoint (its
+    foreign key), and of `endpoints.ordered_among`."""
+    query = sa.select(_endpoint.c.id).where(_endpoint.c.ordered == sa.true())
+    if among:
+        query = query.where(_endpoint.c.id.in_(sa.bindparam("ids", expanding=True)))
+    else:
+        query = query.where(_endpoint.c.active == sa.true())
+    # In id order, so that two transactions locking some of the same endpoints cannot deadlock.
+    return query.order_by(_endpoint.c.id).with_for_update(skip_locked=not among, key_share=True)
+
+
+def held(table: sa.FromClause) -> tuple[Any, ...]:
+    """The rows of `table` (the deliveries) that are held: `tables.HELD`, the predicate of
+    `ix_delivery_held`, as SQLite needs it to use that index (a literal, not a parameter)."""
+    return (
+        table.c.status == sa.literal_column(f"'{_PENDING}'"),
+        table.c.next_attempt_at.is_(None),
+    )
+
+
+def scheduled(table: sa.FromClause) -> Any:
+    """The rows of `table` (the deliveries) that are scheduled: `tables.SCHEDULED`, the
+    predicate of `ix_delivery_scheduled`. Nothing else may serve this lookup, whatever the
+    statistics say: `ix_delivery_due` needs a status, which finished deliveries never match
+    here anyway."""
+    return table.c.next_attempt_at.is_not(None)
+
+
+def _next_in_order() -> Any:
+    """The held delivery each of the endpoints in `:endpoints` is to send next, where none of
+    its deliveries is scheduled (None where it has none held)."""
+    held_ = _delivery.alias("held")
+    live = _delivery.alias("live")
+    head = (
+        sa.select(held_.c.id)
+        .where(held_.c.endpoint_id == _endpoint.c.id, *held(held_))
+        .order_by(held_.c.occurred_at, held_.c.id)
+        .limit(1)
+        .correlate(_endpoint)
+        .scalar_subquery()
+    )
+    # NOT EXISTS, not a subquery with LIMIT 1: given a LIMIT, PostgreSQL may expect a scan of
+    # the table to find a row soon, and scan all of it when there is none.
+    busy = sa.exists().where(live.c.endpoint_id == _endpoint.c.id, scheduled(live))
+    return sa.select(head).where(
+        _endpoint.c.id.in_(sa.bindparam("endpoints", expanding=True)), sa.not_(busy)
+    )
+
+
+_NEXT_IN_ORDER = _next_in_order()
+_SCHEDULE_HELD = (
+    sa.update(_delivery)
+    .where(_delivery.c.id.in_(sa.bindparam("ids", expanding=True)), *held(_delivery))
+    .values(
+        next_attempt_at=sa.bindparam("now", type_=UTCDateTime()),
+        updated_at=sa.bindparam("now", type_=UTCDateTime()),
+    )
+)
+
+
+async def _rows(session: AsyncSession, query: Any, parameters: Any = None) -> Sequence[Any]:
+    return (await execute_core(session, query, parameters)).all()  # type: ignore[no-any-return]
