@@ -1,0 +1,80 @@
+"""The benchmark keeps working: `scripts/bench.py --quick` runs every section, as the README and
+docs/performance.md tell people to, and writes a row with a number for each measurement; the
+focused probes run too. The numbers themselves are not judged here (the machine is shared)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SECTIONS = ("ceiling", "drain", "e2e", "ingest", "matching", "memory", "slow")
+
+
+def run_script(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.mark.acceptance
+@pytest.mark.postgres
+def test_the_quick_benchmark_measures_every_section(tmp_path: Path) -> None:
+    results = tmp_path / "bench.json"
+    done = run_script("scripts/bench.py", "--quick", "--json", str(results), timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    report = json.loads(results.read_text())
+    assert report["mode"] == "quick"
+    rows = {row["name"]: row for row in report["results"]}
+    for section in SECTIONS:
+        assert f"[{section}: " in done.stderr, f"section {section} did not run"
+    for name in (
+        "ceiling: aiohttp raw",
+        "drain 5,000 SQLite, 1 worker",
+        "drain 5,000 PostgreSQL, 4 workers",
+        "e2e p99 (accept -> arrival), SQLite, serve",
+        "fan-out 1 event -> 1,000 endpoints",
+        "ingest: POST /v1/events",
+        "ingest: FHIR Bundles of 500, SQLite",
+        "matching p99, 10,000 endpoints",
+        "worker peak RSS, 50,000 queued",
+        "slow receivers: 10 % hanging",
+    ):
+        assert name in rows, f"no row {name!r} in {sorted(rows)}"
+    for row in rows.values():
+        assert math.isfinite(row["value"]) and row["value"] > 0, row
+        assert all(count == "0" for count in re.findall(r"(\d+) errors", row["note"])), row
+    assert re.search(r"^measurement +value +unit +target", done.stdout, re.MULTILINE), done.stdout
+
+
+@pytest.mark.acceptance
+@pytest.mark.postgres
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_the_queue_probe_runs_with_ordered_and_idle_ordered_endpoints(database: str) -> None:
+    flags = ["--postgres"] if database == "postgres" else []
+    done = run_script(
+        "scripts/bench_probe.py",
+        "queue",
+        *flags,
+        "--ordered",
+        "--deliveries",
+        "200",
+        "--idle-ordered",
+        "20",
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "200 deliveries in claims of 256" in done.stdout, done.stdout
+    assert "claim :" in done.stdout and "record:" in done.stdout
