@@ -31,6 +31,15 @@ def numbers_received(delivering: Delivering, path: str) -> list[int]:
     return [body["data"]["object"]["resources_added"] for body in bodies]
 
 
+async def claim(delivering: Delivering) -> list[ClaimedDelivery]:
+    """Lease what is due now, up to 10, in a transaction of its own (nothing recorded)."""
+    sessions = delivering.api.app.extensions["tidings"].sessions
+    async with transaction(sessions) as session:
+        return await queue.claim_due_deliveries(
+            session, now=delivering.api.clock(), limit=10, lease_seconds=60
+        )
+
+
 async def publish_numbered(delivering: Delivering, number: int, **fields: Any) -> str:
     data = {"connection_id": "c", "patient": "Patient/p", "resources_added": number}
     return await delivering.publish(data=data, idempotency_key=f"n{number}", **fields)
@@ -192,12 +201,8 @@ async def test_concurrent_claims_schedule_an_endpoint_s_next_delivery_once(
     await delivering.endpoint("/once", ordered=True)
     for number in range(3):
         await publish_numbered(delivering, number)
-    sessions = delivering.api.app.extensions["tidings"].sessions
-    now = delivering.api.clock()
-    async with transaction(sessions) as session:
-        first = await queue.claim_due_deliveries(session, now=now, limit=10, lease_seconds=60)
-    async with transaction(sessions) as session:
-        second = await queue.claim_due_deliveries(session, now=now, limit=10, lease_seconds=60)
+    first = await claim(delivering)
+    second = await claim(delivering)
     assert len(first) == 1 and second == []
     assert first[0].event.data["resources_added"] == 0
 
@@ -259,10 +264,9 @@ async def test_switching_ordered_on_while_deliveries_are_in_flight_moves_on_when
     endpoint = await delivering.endpoint("/inflight")
     for number in range(2):
         await publish_numbered(delivering, number)
+    in_flight = await claim(delivering)
     sessions = delivering.api.app.extensions["tidings"].sessions
     now = delivering.api.clock()
-    async with transaction(sessions) as session:
-        in_flight = await queue.claim_due_deliveries(session, now=now, limit=10, lease_seconds=60)
     assert len(in_flight) == 2 and not in_flight[0].endpoint.ordered
     response = await delivering.api.call(
         "PATCH", f"/v1/endpoints/{endpoint['id']}", delivering.partner, json={"ordered": True}
