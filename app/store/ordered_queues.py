@@ -11,10 +11,10 @@ That happens in the transaction that makes the endpoint idle or gives it work, n
 
 So what moving on costs grows with the endpoints that change, not with the number of ordered
 endpoints: a claim, which once moved every ordered endpoint's queue on, does nothing for them.
-`move_all_on` does it for every ordered endpoint, once, when a worker starts: the queues that
-an earlier version left held.
+`move_all_on` does it for every ordered endpoint, when a worker starts and once a minute after
+(`maintenance.move_ordered_queues_on`): for the queues that an earlier version left held.
 
-Each call is three statements. The endpoints are locked first (PostgreSQL; `FOR NO KEY UPDATE`,
+Each call is at most three statements (one when none of the endpoints is ordered). The endpoints are locked first (PostgreSQL; `FOR NO KEY UPDATE`,
 in id order), so that two transactions cannot each schedule a different delivery of one
 endpoint: the second waits, and then, in a snapshot taken after the first committed, finds a
 delivery scheduled. The heads are read next, then updated by id. (One UPDATE with the lookup
