@@ -40,7 +40,9 @@ SLOT_GATHER_SECONDS = 0.005
 # Recording waits up to this long after an attempt finishes, for others to record with it: every
 # transaction saved is one that accepted events do not queue behind under `serve` on SQLite
 # (e2e p50 at 500/s 31 -> 25 ms). It records at once when `RECORD_AT_ONCE` results (at most
-# `concurrency`) are waiting, so a killed worker has no more unrecorded attempts than before.
+# `concurrency`) are waiting, so a killed worker has no more unrecorded attempts than before,
+# and when an attempt to an ordered endpoint has finished: the endpoint's next delivery is due
+# only once that outcome is recorded.
 RECORD_GATHER_SECONDS = 0.025
 RECORD_AT_ONCE = 64
 
@@ -153,9 +155,11 @@ class Worker:
         if error is not None:  # a bug, not an outcome: the lease runs out, and it is sent again
             log.error("attempt failed unexpectedly", exc_info=error)
         else:
-            self._finished.append(task.result())
+            result = task.result()
+            self._finished.append(result)
             self._finished_ready.set()
-            if len(self._finished) >= self._record_at_once:
+            # An ordered endpoint's next delivery waits for this one's outcome to be recorded.
+            if len(self._finished) >= self._record_at_once or result[0].endpoint.ordered:
                 self._record_now.set()
         self._slot_freed.set()
 
