@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -74,9 +74,24 @@ async def execute_core(session: AsyncSession, statement: Any, params: Any = None
 
 @asynccontextmanager
 async def transaction(sessions: SessionFactory) -> AsyncIterator[AsyncSession]:
-    """One unit of work: commit on success, roll back on any error."""
+    """One unit of work: commit on success, roll back on any error. What was registered with
+    `before_commit` runs last, just before the commit."""
     async with sessions() as session, session.begin():
         yield session
+        while work := session.info.pop(_BEFORE_COMMIT, None):
+            for step in work.values():
+                await step(session)
+
+
+BeforeCommit = Callable[[AsyncSession], Awaitable[None]]
+_BEFORE_COMMIT = "tidings.before_commit"
+
+
+def before_commit(session: AsyncSession, name: str, step: BeforeCommit) -> None:
+    """Run `step` at the end of the session's transaction (made by `transaction`), once
+    whatever how often it is registered under `name`: work that must come after all the rest,
+    such as taking row locks in one order (`ordered_queues`)."""
+    session.info.setdefault(_BEFORE_COMMIT, {})[name] = step
 
 
 # PostgreSQL's SQLSTATE for "connection exception" (class 08) and for a server that is shutting

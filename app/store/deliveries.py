@@ -25,6 +25,7 @@ from app.store.db import execute_core
 from app.store.endpoints import (
     ENDPOINT_COLUMNS,
     NEWEST_SECRET_FIRST,
+    ordered_among,
     secret_is_live,
     to_endpoint,
 )
@@ -237,7 +238,7 @@ async def _rows(session: AsyncSession, query: Any, parameters: Any = None) -> Se
 async def record_attempts(session: AsyncSession, records: Sequence[AttemptRecord]) -> None:
     """Write the attempts and move each delivery to its next state: two batched statements.
     Where a delivery finished, its endpoint's queue moves on if the endpoint is ordered
-    (`ordered_queues.move_on`: one more statement, three if any is).
+    (`ordered_queues.move_on`: one more statement, and three at the commit if any is).
 
     The state changes only while the delivery still carries the lease of the claim that made
     the attempt: a worker whose lease ran out (and whose delivery another worker claimed
@@ -258,8 +259,10 @@ async def record_attempts(session: AsyncSession, records: Sequence[AttemptRecord
     )
     finished = [r for r in records if r.status in _FINISHED]
     if finished:
+        # The flags as they are now: a change of `ordered` still open is waited for.
+        ordered = await ordered_among(session, {r.endpoint_id for r in finished})
         now = max(r.attempted_at for r in finished)
-        await ordered_queues.move_on(session, {r.endpoint_id for r in finished}, now)
+        await ordered_queues.move_on(session, ordered, now)
 
 
 async def still_leased(session: AsyncSession, records: Sequence[AttemptRecord]) -> set[str]:

@@ -11,20 +11,24 @@ That happens in the transaction that makes the endpoint idle or gives it work, n
 
 So what moving on costs grows with the endpoints that change, not with the number of ordered
 endpoints: a claim, which once moved every ordered endpoint's queue on, does nothing for them.
+Each of these reads the flags under a lock that a change of `ordered` waits for, and marks the
+ordered endpoints; their queues move on together at the end of the transaction (`flush`).
 `move_all_on` does it for every ordered endpoint, when a worker starts and once a minute after
 (`maintenance.move_ordered_queues_on`): for the queues that an earlier version left held.
 
-Each call is at most three statements (one when none of the endpoints is ordered). The endpoints are locked first (PostgreSQL; `FOR NO KEY UPDATE`,
-in id order), so that two transactions cannot each schedule a different delivery of one
-endpoint: the second waits, and then, in a snapshot taken after the first committed, finds a
-delivery scheduled. The heads are read next, then updated by id. (One UPDATE with the lookup
-inside left the plan to statistics, which may predate the queue.)
+Moving on is at most three statements (one when none of the endpoints is ordered). The
+endpoints are locked first (PostgreSQL; `FOR NO KEY UPDATE`, in id order), so that two
+transactions cannot each schedule a different delivery of one endpoint: the second waits, and
+then, in a snapshot taken after the first committed, finds a delivery scheduled. The heads are
+read next, then updated by id. (One UPDATE with the lookup inside left the plan to statistics,
+which may predate the queue.)
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -32,7 +36,7 @@ import sqlalchemy as sa
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.domain.models import DeliveryStatus
-from app.store.db import execute_core
+from app.store.db import before_commit, execute_core
 from app.store.tables import DeliveryRow, EndpointRow
 from app.store.types import UTCDateTime
 
@@ -42,11 +46,36 @@ _PENDING = DeliveryStatus.PENDING.value
 
 
 async def move_on(session: AsyncSession, endpoint_ids: Collection[str], now: datetime) -> None:
-    """Move on the queues of those of `endpoint_ids` that are ordered: where none of an
-    endpoint's deliveries is scheduled, its earliest held one becomes due at `now`. Waits for
-    another transaction moving one of them on (or changing its `ordered`) to end."""
-    if endpoint_ids:
-        await _move_on(session, _lock(among=True), {"ids": sorted(endpoint_ids)}, now)
+    """Move on the queues of those of `endpoint_ids` that are ordered, at the end of the
+    session's transaction (`flush`): where none of an endpoint's deliveries is scheduled then,
+    its earliest held one becomes due. The caller has read the flags under a lock that keeps
+    them from changing until it commits (`endpoints.ordered_among`, or its own FOR UPDATE)."""
+    if not endpoint_ids:
+        return
+    marked = session.info.setdefault(_MARKED, _Marked())
+    marked.endpoint_ids.update(endpoint_ids)
+    marked.now = max(marked.now or now, now)
+    before_commit(session, _MARKED, flush)
+
+
+async def flush(session: AsyncSession) -> None:
+    """Move on now the queues `move_on` marked in this transaction (which `db.transaction` does
+    just before it commits), all in one statement's locks, in id order: a transaction that
+    locked one endpoint and then another, in separate statements, could deadlock with one that
+    locked the same two in id order."""
+    marked = session.info.pop(_MARKED, None)
+    if marked is not None and marked.now is not None:
+        ids = {"ids": sorted(marked.endpoint_ids)}
+        await _move_on(session, _lock(among=True), ids, marked.now)
+
+
+@dataclass
+class _Marked:
+    endpoint_ids: set[str] = field(default_factory=set)
+    now: datetime | None = None
+
+
+_MARKED = "tidings.ordered_queues"
 
 
 async def move_all_on(session: AsyncSession, now: datetime) -> None:

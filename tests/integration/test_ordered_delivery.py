@@ -5,6 +5,7 @@ delivery stored while the flag changes each leave nothing stuck and nothing out 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,7 +18,7 @@ from app.domain import ids
 from app.domain.models import DeliveryStatus, Event
 from app.domain.retry import AttemptOutcome
 from app.store import deliveries as queue
-from app.store import outbox
+from app.store import ordered_queues, outbox
 from app.store.db import transaction
 from app.store.deliveries import AttemptRecord, ClaimedDelivery
 from tests.integration.delivery_harness import Delivering
@@ -333,7 +334,8 @@ async def test_two_stores_never_schedule_two_deliveries_of_one_endpoint(
         source="test",
     )
     async with transaction(sessions) as first:
-        await outbox.insert_event_for_endpoints(first, event, [endpoint["id"]], now)  # #1 due
+        await outbox.insert_event_for_endpoints(first, event, [endpoint["id"]], now)
+        await ordered_queues.flush(first)  # #1 due, as at the commit, not yet committed
         earlier = (now - timedelta(minutes=1)).isoformat()
         second = asyncio.create_task(publish_numbered(delivering, 0, occurred_at=earlier))
         await asyncio.sleep(0.3)
@@ -344,3 +346,104 @@ async def test_two_stores_never_schedule_two_deliveries_of_one_endpoint(
     assert await delivering.worker.run_once() == 1
     assert numbers_received(delivering, "/race") == [1, 0]
     assert {d["status"] for d in await delivering.deliveries(endpoint["id"])} == {"succeeded"}
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_switching_ordered_on_while_the_last_in_flight_delivery_is_recorded(
+    delivering: Delivering,
+) -> None:
+    """The worker records the endpoint's only delivery in flight while a PATCH switches
+    `ordered` on. The record reads the flag under a lock the switch waits for, so one of the
+    two sees the other's work and moves the queue on: it is never left held with nothing
+    scheduled. (Reading the flag in the record's own snapshot, both missed it.)"""
+    endpoint = await delivering.endpoint("/switch-race")
+    await publish_numbered(delivering, 0)
+    [in_flight] = await claim(delivering)
+    await publish_numbered(delivering, 1)
+    await publish_numbered(delivering, 2)
+    sessions = delivering.api.app.extensions["tidings"].sessions
+    now = delivering.api.clock()
+    async with transaction(sessions) as worker:  # the worker's record, not yet committed
+        await queue.record_attempts(worker, [succeeded(in_flight, now)])
+        switch = asyncio.create_task(
+            delivering.api.call(
+                "PATCH",
+                f"/v1/endpoints/{endpoint['id']}",
+                delivering.partner,
+                json={"ordered": True},
+            )
+        )
+        await asyncio.sleep(0.3)
+        assert not switch.done(), "the switch waits for the record"
+    assert (await switch).status_code == 200
+    assert await scheduled_numbers(delivering, endpoint["id"]) == [1]
+    assert await delivering.worker.run_once() == 1
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_recording_a_failure_reported_to_an_ordered_endpoint_does_not_deadlock(
+    delivering: Delivering,
+) -> None:
+    """The worker's record moves the failed delivery's endpoint on and stores `delivery.failed`
+    for another ordered endpoint; an API request meanwhile stores an event for both. Locking
+    each endpoint as it came (the failed one, then the other) deadlocked with the request,
+    which locks both in id order: each transaction now locks all of its endpoints at its end,
+    in id order."""
+    watcher = await delivering.endpoint(
+        "/watcher", ordered=True, event_types=["delivery.failed", "records.sync.completed"]
+    )
+    failing = await delivering.endpoint(
+        "/failing", ordered=True, event_types=["records.sync.completed"]
+    )
+    assert watcher["id"] < failing["id"]
+    sessions = delivering.api.app.extensions["tidings"].sessions
+    catalog = delivering.api.app.extensions["tidings"].catalog
+    now = delivering.api.clock()
+    first, later = (
+        Event(
+            id=ids.new_id("evt"),
+            organization_id=failing["organization"],
+            type="records.sync.completed",
+            occurred_at=now + timedelta(seconds=number),
+            data={"connection_id": "c", "patient": "Patient/p", "resources_added": number},
+            source="test",
+        )
+        for number in range(2)
+    )
+    async with transaction(sessions) as session:
+        await outbox.insert_event_for_endpoints(session, first, [failing["id"]], now)
+    [claimed] = await claim(delivering)
+    failed = dataclasses.replace(
+        succeeded(claimed, now),
+        outcome=AttemptOutcome(status=400, duration_ms=1),
+        status=DeliveryStatus.FAILED,
+    )
+
+    async def store_for_both() -> None:  # an API request
+        async with transaction(sessions) as session:
+            await outbox.insert_event_for_endpoints(
+                session, later, [watcher["id"], failing["id"]], now
+            )
+
+    async with transaction(sessions) as worker:  # what the worker's record does
+        await queue.record_attempts(worker, [failed])
+        storing = asyncio.create_task(store_for_both())
+        await asyncio.sleep(0.3)
+        await outbox.insert_operational_event(
+            worker,
+            failing["organization"],
+            "delivery.failed",
+            {
+                "delivery_id": claimed.id,
+                "endpoint_id": failing["id"],
+                "event_id": claimed.event.id,
+                "event_type": claimed.event.type,
+                "attempts": 1,
+            },
+            catalog=catalog,
+            now=now,
+        )
+    await storing
+    assert await scheduled_numbers(delivering, failing["id"]) == [1]
+    assert len(await delivering.deliveries(watcher["id"])) == 2, "the report and the event"
+    assert await delivering.drain() == 3
