@@ -16,8 +16,8 @@ ordered endpoints; their queues move on together at the end of the transaction (
 `move_all_on` does it for every ordered endpoint, when a worker starts and once a minute after
 (`maintenance.move_ordered_queues_on`): for the queues that an earlier version left held.
 
-Moving on is at most three statements (one when none of the endpoints is ordered). The
-endpoints are locked first (PostgreSQL; `FOR NO KEY UPDATE`, in id order), so that two
+Moving on is at most four statements. The endpoints' queues are locked first (on PostgreSQL,
+their rows of `ordered_queue`, made as needed, `FOR UPDATE` in id order), so that two
 transactions cannot each schedule a different delivery of one endpoint: the second waits, and
 then, in a snapshot taken after the first committed, finds a delivery scheduled. The heads are
 read next, then updated by id. (One UPDATE with the lookup inside left the plan to statistics,
@@ -33,11 +33,12 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.domain.models import DeliveryStatus
 from app.store.db import before_commit, execute_core
-from app.store.tables import DeliveryRow, EndpointRow
+from app.store.tables import DeliveryRow, EndpointRow, OrderedQueueRow
 from app.store.types import UTCDateTime
 
 _delivery: sa.Table = DeliveryRow.__table__  # type: ignore[attr-defined]
@@ -46,10 +47,11 @@ _PENDING = DeliveryStatus.PENDING.value
 
 
 async def move_on(session: AsyncSession, endpoint_ids: Collection[str], now: datetime) -> None:
-    """Move on the queues of those of `endpoint_ids` that are ordered, at the end of the
-    session's transaction (`flush`): where none of an endpoint's deliveries is scheduled then,
-    its earliest held one becomes due. The caller has read the flags under a lock that keeps
-    them from changing until it commits (`endpoints.ordered_among`, or its own FOR UPDATE)."""
+    """Move on the queues of the ordered endpoints `endpoint_ids` at the end of the session's
+    transaction (`flush`): where none of an endpoint's deliveries is scheduled then, its
+    earliest held one becomes due. The caller has read that they are ordered under a lock that
+    keeps the flag from changing until it commits (`endpoints.ordered_among`, or its own FOR
+    UPDATE)."""
     if not endpoint_ids:
         return
     marked = session.info.setdefault(_MARKED, _Marked())
@@ -60,13 +62,12 @@ async def move_on(session: AsyncSession, endpoint_ids: Collection[str], now: dat
 
 async def flush(session: AsyncSession) -> None:
     """Move on now the queues `move_on` marked in this transaction (which `db.transaction` does
-    just before it commits), all in one statement's locks, in id order: a transaction that
-    locked one endpoint and then another, in separate statements, could deadlock with one that
-    locked the same two in id order."""
+    just before it commits), all locked at once, in id order: a transaction that locked one
+    queue and then another, in separate statements, could deadlock with one that locked the
+    same two in id order."""
     marked = session.info.pop(_MARKED, None)
     if marked is not None and marked.now is not None:
-        ids = {"ids": sorted(marked.endpoint_ids)}
-        await _move_on(session, _lock(among=True), ids, marked.now)
+        await _move_on(session, marked.endpoint_ids, marked.now, skip_locked=False)
 
 
 @dataclass
@@ -79,36 +80,56 @@ _MARKED = "tidings.ordered_queues"
 
 
 async def move_all_on(session: AsyncSession, now: datetime) -> None:
-    """`move_on` for every active ordered endpoint, skipping those another transaction holds
-    (it is moving them on)."""
-    await _move_on(session, _lock(among=False), None, now)
+    """`move_on` for every active ordered endpoint, now, skipping those another transaction
+    holds (it is moving them on)."""
+    ordered = [endpoint_id for (endpoint_id,) in await _rows(session, _ACTIVE_ORDERED)]
+    await _move_on(session, ordered, now, skip_locked=True)
 
 
 async def _move_on(
-    session: AsyncSession, lock: Any, parameters: dict[str, Any] | None, now: datetime
+    session: AsyncSession, endpoint_ids: Collection[str], now: datetime, *, skip_locked: bool
 ) -> None:
-    endpoints = [endpoint_id for (endpoint_id,) in await _rows(session, lock, parameters)]
-    if not endpoints:
+    """Lock the endpoints' queues (their `ordered_queue` rows, made as needed), then make due
+    the earliest held delivery of each that has none scheduled."""
+    if not endpoint_ids:
         return
-    found = await _rows(session, _NEXT_IN_ORDER, {"endpoints": endpoints})
+    wanted = sorted(endpoint_ids)
+    dialect = session.get_bind().dialect.name
+    await execute_core(session, _add_queues(dialect), [{"endpoint_id": e} for e in wanted])
+    locked = await _rows(session, _lock(skip_locked=skip_locked), {"ids": wanted})
+    if not locked:
+        return
+    found = await _rows(session, _NEXT_IN_ORDER, {"endpoints": [e for (e,) in locked]})
     heads = [head for (head,) in found if head is not None]
     if heads:
         await execute_core(session, _SCHEDULE_HELD, {"ids": heads, "now": now})
 
 
+_queue: sa.Table = OrderedQueueRow.__table__  # type: ignore[attr-defined]
+_ACTIVE_ORDERED = sa.select(_endpoint.c.id).where(
+    _endpoint.c.ordered == sa.true(), _endpoint.c.active == sa.true()
+)
+
+
 @functools.cache
-def _lock(*, among: bool) -> Any:
-    """Lock the ordered endpoints: those in `:ids` (waiting for other holders), or every active
-    one (skipping those another transaction holds). FOR NO KEY UPDATE, not FOR UPDATE: that
-    would conflict with the FOR KEY SHARE of every delivery being stored to the endpoint (its
-    foreign key), and of `endpoints.ordered_among`."""
-    query = sa.select(_endpoint.c.id).where(_endpoint.c.ordered == sa.true())
-    if among:
-        query = query.where(_endpoint.c.id.in_(sa.bindparam("ids", expanding=True)))
-    else:
-        query = query.where(_endpoint.c.active == sa.true())
-    # In id order, so that two transactions locking some of the same endpoints cannot deadlock.
-    return query.order_by(_endpoint.c.id).with_for_update(skip_locked=not among, key_share=True)
+def _add_queues(dialect: str) -> Any:
+    """The `ordered_queue` row of each endpoint in the parameters, where it has none yet."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(_queue).on_conflict_do_nothing()
+
+
+@functools.cache
+def _lock(*, skip_locked: bool) -> Any:
+    """Lock the queues of the endpoints in `:ids`: waiting for other holders, or skipping the
+    queues they hold. In id order, so that two transactions locking some of the same queues
+    cannot deadlock. Not the endpoints' own rows: transactions that change an endpoint lock
+    its row first, and then store events that move other queues on."""
+    return (
+        sa.select(_queue.c.endpoint_id)
+        .where(_queue.c.endpoint_id.in_(sa.bindparam("ids", expanding=True)))
+        .order_by(_queue.c.endpoint_id)
+        .with_for_update(skip_locked=skip_locked)
+    )
 
 
 def held(table: sa.FromClause) -> tuple[Any, ...]:

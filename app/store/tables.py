@@ -131,6 +131,17 @@ class EndpointEventType(SQLModel, table=True):
     organization_id: str = Field(max_length=64)
 
 
+class OrderedQueueRow(SQLModel, table=True):
+    """One row per ordered endpoint whose queue has moved on: what moving it on locks
+    (`ordered_queues`), rather than the endpoint's own row. Transactions that change an
+    endpoint lock its row early (enabling it, disabling it); locking that row to move the queue
+    on, at the end of another transaction, could then deadlock with them."""
+
+    __tablename__ = "ordered_queue"
+
+    endpoint_id: str = Field(foreign_key="endpoint.id", primary_key=True, max_length=40)
+
+
 class EventRow(SQLModel, table=True):
     """An accepted event: durable from the moment the API answers 2xx."""
 

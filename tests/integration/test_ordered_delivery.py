@@ -323,8 +323,11 @@ async def test_two_stores_never_schedule_two_deliveries_of_one_endpoint(
     committed when an earlier event arrives: the second store, which cannot see the first
     one's choice, waits for it rather than schedule the earlier event as well."""
     endpoint = await delivering.endpoint("/race", ordered=True)
-    sessions = delivering.api.app.extensions["tidings"].sessions
     now = delivering.api.clock()
+    long_ago = (now - timedelta(hours=1)).isoformat()
+    await publish_numbered(delivering, 9, occurred_at=long_ago)  # its queue has moved on before
+    assert await delivering.drain() == 1
+    sessions = delivering.api.app.extensions["tidings"].sessions
     event = Event(
         id=ids.new_id("evt"),
         organization_id=endpoint["organization"],
@@ -344,7 +347,7 @@ async def test_two_stores_never_schedule_two_deliveries_of_one_endpoint(
     assert await scheduled_numbers(delivering, endpoint["id"]) == [1], "#1 already chosen"
     assert await delivering.worker.run_once() == 1
     assert await delivering.worker.run_once() == 1
-    assert numbers_received(delivering, "/race") == [1, 0]
+    assert numbers_received(delivering, "/race") == [9, 1, 0]
     assert {d["status"] for d in await delivering.deliveries(endpoint["id"])} == {"succeeded"}
 
 
@@ -446,4 +449,57 @@ async def test_recording_a_failure_reported_to_an_ordered_endpoint_does_not_dead
     await storing
     assert await scheduled_numbers(delivering, failing["id"]) == [1]
     assert len(await delivering.deliveries(watcher["id"])) == 2, "the report and the event"
+    assert await delivering.drain() == 3
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_enabling_an_endpoint_that_reports_to_another_ordered_one_does_not_deadlock(
+    delivering: Delivering,
+) -> None:
+    """Enabling an endpoint updates its row, then stores `endpoint.enabled` for an ordered
+    endpoint that names it; a request meanwhile stores an event for both. The request, moving
+    their queues on in id order, holds the earlier and waits for the enabled one's row; the
+    enabling must then not need the earlier one's lock."""
+    watcher = await delivering.endpoint(
+        "/watcher", ordered=True, event_types=["endpoint.enabled", "records.sync.completed"]
+    )
+    enabled = await delivering.endpoint(
+        "/enabled", ordered=True, event_types=["records.sync.completed"]
+    )
+    assert watcher["id"] < enabled["id"]
+    sessions = delivering.api.app.extensions["tidings"].sessions
+    catalog = delivering.api.app.extensions["tidings"].catalog
+    now = delivering.api.clock()
+    event = Event(
+        id=ids.new_id("evt"),
+        organization_id=enabled["organization"],
+        type="records.sync.completed",
+        occurred_at=now,
+        data={"connection_id": "c", "patient": "Patient/p", "resources_added": 0},
+        source="test",
+    )
+
+    async def store_for_both() -> None:  # an API request
+        async with transaction(sessions) as session:
+            await outbox.insert_event_for_endpoints(
+                session, event, [watcher["id"], enabled["id"]], now
+            )
+
+    async with transaction(sessions) as enabling:  # as `POST .../enable` does
+        await enabling.exec(
+            sa.text("UPDATE endpoint SET updated_at = :now WHERE id = :id"),
+            params={"now": now.replace(tzinfo=None), "id": enabled["id"]},
+        )
+        storing = asyncio.create_task(store_for_both())
+        await asyncio.sleep(0.3)
+        await outbox.insert_operational_event(
+            enabling,
+            enabled["organization"],
+            "endpoint.enabled",
+            {"endpoint_id": enabled["id"], "enabled_at": now.isoformat()},
+            catalog=catalog,
+            now=now,
+        )
+    await storing
+    assert await scheduled_numbers(delivering, enabled["id"]) == [0]
     assert await delivering.drain() == 3
