@@ -16,24 +16,23 @@ ordered endpoints; their queues move on together at the end of the transaction (
 `move_all_on` does it for every ordered endpoint, when a worker starts and once a minute after
 (`maintenance.move_ordered_queues_on`): for the queues that an earlier version left held.
 
-Moving on is at most four statements. The endpoints' queues are locked first (on PostgreSQL,
-their rows of `ordered_queue`, made as needed, `FOR UPDATE` in id order), so that two
-transactions cannot each schedule a different delivery of one endpoint: the second waits, and
-then, in a snapshot taken after the first committed, finds a delivery scheduled. The heads are
+Moving on is at most three statements. On PostgreSQL the endpoints' queues are locked first
+(their rows of `ordered_queue`, made as needed, in id order), so that two transactions cannot
+each schedule a different delivery of one endpoint: the second waits, and then, in a snapshot
+taken after the first committed, finds a delivery scheduled. The heads are
 read next, then updated by id. (One UPDATE with the lookup inside left the plan to statistics,
 which may predate the queue.)
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.domain.models import DeliveryStatus
@@ -89,47 +88,67 @@ async def move_all_on(session: AsyncSession, now: datetime) -> None:
 async def _move_on(
     session: AsyncSession, endpoint_ids: Collection[str], now: datetime, *, skip_locked: bool
 ) -> None:
-    """Lock the endpoints' queues (their `ordered_queue` rows, made as needed), then make due
-    the earliest held delivery of each that has none scheduled."""
+    """Lock the endpoints' queues, then make due the earliest held delivery of each that has
+    none scheduled."""
     if not endpoint_ids:
         return
-    wanted = sorted(endpoint_ids)
-    dialect = session.get_bind().dialect.name
-    await execute_core(session, _add_queues(dialect), [{"endpoint_id": e} for e in wanted])
-    locked = await _rows(session, _lock(skip_locked=skip_locked), {"ids": wanted})
+    locked = await _lock_queues(session, sorted(endpoint_ids), skip_locked=skip_locked)
     if not locked:
         return
-    found = await _rows(session, _NEXT_IN_ORDER, {"endpoints": [e for (e,) in locked]})
+    found = await _rows(session, _NEXT_IN_ORDER, {"endpoints": locked})
     heads = [head for (head,) in found if head is not None]
     if heads:
         await execute_core(session, _SCHEDULE_HELD, {"ids": heads, "now": now})
+
+
+async def _lock_queues(session: AsyncSession, wanted: list[str], *, skip_locked: bool) -> list[str]:
+    """Lock the queues of the endpoints `wanted` (in id order), making their rows of
+    `ordered_queue` as needed; those locked. Not the endpoints' own rows: a transaction that
+    changes an endpoint locks its row first, and may then store events that move other queues
+    on.
+
+    On PostgreSQL, one statement waits for other holders, in id order: an INSERT that updates
+    the row it finds, and so locks it. Skipping the queues others hold takes two. On SQLite,
+    where one transaction writes at a time, nothing needs locking."""
+    if session.get_bind().dialect.name != "postgresql":
+        return wanted
+    if not skip_locked:
+        return [
+            endpoint_id for (endpoint_id,) in await _rows(session, _TAKE_QUEUES, {"ids": wanted})
+        ]
+    await execute_core(session, _ADD_QUEUES, {"ids": wanted})
+    return [
+        endpoint_id for (endpoint_id,) in await _rows(session, _LOCK_FREE_QUEUES, {"ids": wanted})
+    ]
 
 
 _queue: sa.Table = OrderedQueueRow.__table__  # type: ignore[attr-defined]
 _ACTIVE_ORDERED = sa.select(_endpoint.c.id).where(
     _endpoint.c.ordered == sa.true(), _endpoint.c.active == sa.true()
 )
+# PostgreSQL: the endpoints in `:ids`, an array, in its order.
+_IDS = sa.bindparam("ids", type_=postgresql.ARRAY(sa.String()))
+_WANTED = sa.select(sa.func.unnest(_IDS).label("endpoint_id"))
+_ADD_QUEUES = (
+    postgresql.insert(_queue).from_select(["endpoint_id"], _WANTED).on_conflict_do_nothing()
+)
 
 
-@functools.cache
-def _add_queues(dialect: str) -> Any:
-    """The `ordered_queue` row of each endpoint in the parameters, where it has none yet."""
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return insert(_queue).on_conflict_do_nothing()
+def _take_queues() -> Any:
+    insert = postgresql.insert(_queue).from_select(["endpoint_id"], _WANTED)
+    return insert.on_conflict_do_update(
+        index_elements=[_queue.c.endpoint_id],
+        set_={"endpoint_id": insert.excluded.endpoint_id},
+    ).returning(_queue.c.endpoint_id)
 
 
-@functools.cache
-def _lock(*, skip_locked: bool) -> Any:
-    """Lock the queues of the endpoints in `:ids`: waiting for other holders, or skipping the
-    queues they hold. In id order, so that two transactions locking some of the same queues
-    cannot deadlock. Not the endpoints' own rows: transactions that change an endpoint lock
-    its row first, and then store events that move other queues on."""
-    return (
-        sa.select(_queue.c.endpoint_id)
-        .where(_queue.c.endpoint_id.in_(sa.bindparam("ids", expanding=True)))
-        .order_by(_queue.c.endpoint_id)
-        .with_for_update(skip_locked=skip_locked)
-    )
+_TAKE_QUEUES = _take_queues()
+_LOCK_FREE_QUEUES = (
+    sa.select(_queue.c.endpoint_id)
+    .where(_queue.c.endpoint_id == sa.any_(_IDS))
+    .order_by(_queue.c.endpoint_id)
+    .with_for_update(skip_locked=True)
+)
 
 
 def held(table: sa.FromClause) -> tuple[Any, ...]:

@@ -132,8 +132,8 @@ class EndpointEventType(SQLModel, table=True):
 
 
 class OrderedQueueRow(SQLModel, table=True):
-    """One row per ordered endpoint whose queue has moved on: what moving it on locks
-    (`ordered_queues`), rather than the endpoint's own row. Transactions that change an
+    """One row per ordered endpoint whose queue has moved on (PostgreSQL): what moving it on
+    locks (`ordered_queues`), rather than the endpoint's own row. Transactions that change an
     endpoint lock its row early (enabling it, disabling it); locking that row to move the queue
     on, at the end of another transaction, could then deadlock with them."""
 
