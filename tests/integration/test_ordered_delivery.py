@@ -46,6 +46,31 @@ async def publish_numbered(delivering: Delivering, number: int, **fields: Any) -
     return await delivering.publish(data=data, idempotency_key=f"n{number}", **fields)
 
 
+def numbered_event(organization_id: str, number: int, occurred_at: datetime) -> Event:
+    """An event as `publish_numbered` makes one, to store straight through the outbox."""
+    return Event(
+        id=ids.new_id("evt"),
+        organization_id=organization_id,
+        type="records.sync.completed",
+        occurred_at=occurred_at,
+        data={"connection_id": "c", "patient": "Patient/p", "resources_added": number},
+        source="test",
+    )
+
+
+async def ordered_pair(
+    delivering: Delivering, reported: str, path: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Two ordered endpoints taking the numbered events, the first made first (so first in id
+    order) and also taking Tidings' `reported` events."""
+    watcher = await delivering.endpoint(
+        "/watcher", ordered=True, event_types=[reported, "records.sync.completed"]
+    )
+    other = await delivering.endpoint(path, ordered=True, event_types=["records.sync.completed"])
+    assert watcher["id"] < other["id"]
+    return watcher, other
+
+
 async def test_waiting_events_go_in_the_order_they_occurred_not_the_order_they_arrived(
     delivering: Delivering,
 ) -> None:
@@ -328,14 +353,7 @@ async def test_two_stores_never_schedule_two_deliveries_of_one_endpoint(
     await publish_numbered(delivering, 9, occurred_at=long_ago)  # its queue has moved on before
     assert await delivering.drain() == 1
     sessions = delivering.api.app.extensions["tidings"].sessions
-    event = Event(
-        id=ids.new_id("evt"),
-        organization_id=endpoint["organization"],
-        type="records.sync.completed",
-        occurred_at=now,
-        data={"connection_id": "c", "patient": "Patient/p", "resources_added": 1},
-        source="test",
-    )
+    event = numbered_event(endpoint["organization"], 1, now)
     async with transaction(sessions) as first:
         await outbox.insert_event_for_endpoints(first, event, [endpoint["id"]], now)
         await ordered_queues.flush(first)  # #1 due, as at the commit, not yet committed
@@ -392,25 +410,12 @@ async def test_recording_a_failure_reported_to_an_ordered_endpoint_does_not_dead
     each endpoint as it came (the failed one, then the other) deadlocked with the request,
     which locks both in id order: each transaction now locks all of its endpoints at its end,
     in id order."""
-    watcher = await delivering.endpoint(
-        "/watcher", ordered=True, event_types=["delivery.failed", "records.sync.completed"]
-    )
-    failing = await delivering.endpoint(
-        "/failing", ordered=True, event_types=["records.sync.completed"]
-    )
-    assert watcher["id"] < failing["id"]
+    watcher, failing = await ordered_pair(delivering, "delivery.failed", "/failing")
     sessions = delivering.api.app.extensions["tidings"].sessions
     catalog = delivering.api.app.extensions["tidings"].catalog
     now = delivering.api.clock()
     first, later = (
-        Event(
-            id=ids.new_id("evt"),
-            organization_id=failing["organization"],
-            type="records.sync.completed",
-            occurred_at=now + timedelta(seconds=number),
-            data={"connection_id": "c", "patient": "Patient/p", "resources_added": number},
-            source="test",
-        )
+        numbered_event(failing["organization"], number, now + timedelta(seconds=number))
         for number in range(2)
     )
     async with transaction(sessions) as session:
@@ -460,24 +465,11 @@ async def test_enabling_an_endpoint_that_reports_to_another_ordered_one_does_not
     endpoint that names it; a request meanwhile stores an event for both. The request, moving
     their queues on in id order, holds the earlier and waits for the enabled one's row; the
     enabling must then not need the earlier one's lock."""
-    watcher = await delivering.endpoint(
-        "/watcher", ordered=True, event_types=["endpoint.enabled", "records.sync.completed"]
-    )
-    enabled = await delivering.endpoint(
-        "/enabled", ordered=True, event_types=["records.sync.completed"]
-    )
-    assert watcher["id"] < enabled["id"]
+    watcher, enabled = await ordered_pair(delivering, "endpoint.enabled", "/enabled")
     sessions = delivering.api.app.extensions["tidings"].sessions
     catalog = delivering.api.app.extensions["tidings"].catalog
     now = delivering.api.clock()
-    event = Event(
-        id=ids.new_id("evt"),
-        organization_id=enabled["organization"],
-        type="records.sync.completed",
-        occurred_at=now,
-        data={"connection_id": "c", "patient": "Patient/p", "resources_added": 0},
-        source="test",
-    )
+    event = numbered_event(enabled["organization"], 0, now)
 
     async def store_for_both() -> None:  # an API request
         async with transaction(sessions) as session:
