@@ -27,7 +27,6 @@ from app.delivery.attempts import AttemptContext, UnsendableError
 from app.delivery.limits import EndpointLimits
 from app.delivery.metrics import DeliveryMetrics
 from app.delivery.sender import Sender
-from app.domain.models import DeliveryStatus
 from app.domain.retry import AttemptOutcome
 from app.store import deliveries as queue
 from app.store.db import SessionFactory, is_unavailable, transaction
@@ -308,7 +307,7 @@ class Worker:
                     report=record.delivery_id in current,
                 )
         if any(
-            claimed.endpoint.ordered and record.status is not DeliveryStatus.PENDING
+            claimed.endpoint.ordered and record.status.finished
             for (claimed, _), (record, _) in zip(results, judged, strict=True)
         ):
             self.wake()  # an ordered endpoint's next delivery may go now, not at the next poll

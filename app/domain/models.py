@@ -32,6 +32,11 @@ class DeliveryStatus(enum.StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
 
+    @property
+    def finished(self) -> bool:
+        """Whether nothing more will be attempted unless someone asks (redelivery, recovery)."""
+        return self not in (DeliveryStatus.PENDING, DeliveryStatus.DELIVERING)
+
 
 class PayloadFormat(enum.StrEnum):
     """The body shapes an endpoint can ask for (SPEC section 9)."""

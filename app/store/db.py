@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -70,6 +70,11 @@ async def execute_core(session: AsyncSession, statement: Any, params: Any = None
     costs more than the statement itself. The result, as the connection returns it."""
     connection = await session.connection()
     return await connection.execute(statement, params)
+
+
+async def fetch_all(session: AsyncSession, statement: Any, params: Any = None) -> Sequence[Any]:
+    """`execute_core`, and every row it returned."""
+    return (await execute_core(session, statement, params)).all()  # type: ignore[no-any-return]
 
 
 @asynccontextmanager

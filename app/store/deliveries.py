@@ -21,7 +21,7 @@ from app.domain.models import DeliveryStatus, Endpoint, Event
 from app.domain.retry import AttemptOutcome
 from app.store import ordered_queues, outbox
 from app.store.bulk import BulkStatement
-from app.store.db import execute_core
+from app.store.db import fetch_all
 from app.store.endpoints import (
     ENDPOINT_COLUMNS,
     NEWEST_SECRET_FIRST,
@@ -118,7 +118,7 @@ async def claim_due_deliveries(
         parameters = {"now": now, "lease": lease, "limit": limit - len(claimed)}
         if skip_endpoints:
             parameters["skip"] = list(skip_endpoints)
-        claimed += await _rows(session, claim, parameters)
+        claimed += await fetch_all(session, claim, parameters)
         if len(claimed) >= limit:
             break
     claimed.sort(key=lambda row: (row.created_at, row.id))
@@ -187,18 +187,18 @@ async def _load_claimed(
         return []
     events = {
         row.id: outbox.to_event(row)
-        for row in await _rows(
+        for row in await fetch_all(
             session, _LOAD_EVENTS, {"ids": list({d.event_id for d in deliveries})}
         )
     }
     endpoint_ids = list({d.endpoint_id for d in deliveries})
     endpoint_rows = {
-        row.id: row for row in await _rows(session, _LOAD_ENDPOINTS, {"ids": endpoint_ids})
+        row.id: row for row in await fetch_all(session, _LOAD_ENDPOINTS, {"ids": endpoint_ids})
     }
     endpoints = {key: to_endpoint(row) for key, row in endpoint_rows.items()}
     faces = {key: face_of(row) for key, row in endpoint_rows.items()}
     secrets: dict[str, list[str]] = {}
-    for row in await _rows(session, _LOAD_LIVE_SECRETS, {"ids": endpoint_ids, "now": now}):
+    for row in await fetch_all(session, _LOAD_LIVE_SECRETS, {"ids": endpoint_ids, "now": now}):
         secrets.setdefault(row.endpoint_id, []).append(row.secret)
     return [
         ClaimedDelivery(
@@ -231,10 +231,6 @@ _LOAD_LIVE_SECRETS = (  # live at `:now`, newest first
 )
 
 
-async def _rows(session: AsyncSession, query: Any, parameters: Any = None) -> Sequence[Any]:
-    return (await execute_core(session, query, parameters)).all()  # type: ignore[no-any-return]
-
-
 async def record_attempts(session: AsyncSession, records: Sequence[AttemptRecord]) -> None:
     """Write the attempts and move each delivery to its next state: two batched statements.
     Where a delivery finished, its endpoint's queue moves on if the endpoint is ordered
@@ -257,7 +253,7 @@ async def record_attempts(session: AsyncSession, records: Sequence[AttemptRecord
             for r in records
         ],
     )
-    finished = [r for r in records if r.status in _FINISHED]
+    finished = [r for r in records if r.status.finished]
     if finished:
         # The flags as they are now: a change of `ordered` still open is waited for.
         ordered = await ordered_among(session, {r.endpoint_id for r in finished})
@@ -272,7 +268,7 @@ async def still_leased(session: AsyncSession, records: Sequence[AttemptRecord]) 
     if not records:
         return set()
     leases = {record.delivery_id: record.lease_expires_at for record in records}
-    rows = await _rows(session, _LEASES, {"ids": list(leases)})
+    rows = await fetch_all(session, _LEASES, {"ids": list(leases)})
     return {row.id for row in rows if row.lease_expires_at == leases[row.id]}
 
 
@@ -284,7 +280,6 @@ _LEASES = (
 )
 
 
-_FINISHED = frozenset({DeliveryStatus.SUCCEEDED, DeliveryStatus.FAILED, DeliveryStatus.CANCELLED})
 # A delivery's next state after an attempt, while it still carries the claim's lease.
 _RECORD_OUTCOMES = BulkStatement(
     sa.update(_delivery)

@@ -19,14 +19,14 @@ ordered endpoints; their queues move on together at the end of the transaction (
 Moving on is at most three statements. On PostgreSQL the endpoints' queues are locked first
 (their rows of `ordered_queue`, made as needed, in id order), so that two transactions cannot
 each schedule a different delivery of one endpoint: the second waits, and then, in a snapshot
-taken after the first committed, finds a delivery scheduled. The heads are
-read next, then updated by id. (One UPDATE with the lookup inside left the plan to statistics,
-which may predate the queue.)
+taken after the first committed, finds a delivery scheduled. The heads are read next, then
+updated by id. (One UPDATE with the lookup inside left the plan to statistics, which may
+predate the queue.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -36,7 +36,7 @@ from sqlalchemy.dialects import postgresql
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.domain.models import DeliveryStatus
-from app.store.db import before_commit, execute_core
+from app.store.db import before_commit, execute_core, fetch_all
 from app.store.tables import DeliveryRow, EndpointRow, OrderedQueueRow
 from app.store.types import UTCDateTime
 
@@ -81,7 +81,7 @@ _MARKED = "tidings.ordered_queues"
 async def move_all_on(session: AsyncSession, now: datetime) -> None:
     """`move_on` for every active ordered endpoint, now, skipping those another transaction
     holds (it is moving them on)."""
-    ordered = [endpoint_id for (endpoint_id,) in await _rows(session, _ACTIVE_ORDERED)]
+    ordered = [endpoint_id for (endpoint_id,) in await fetch_all(session, _ACTIVE_ORDERED)]
     await _move_on(session, ordered, now, skip_locked=True)
 
 
@@ -95,7 +95,7 @@ async def _move_on(
     locked = await _lock_queues(session, sorted(endpoint_ids), skip_locked=skip_locked)
     if not locked:
         return
-    found = await _rows(session, _NEXT_IN_ORDER, {"endpoints": locked})
+    found = await fetch_all(session, _NEXT_IN_ORDER, {"endpoints": locked})
     heads = [head for (head,) in found if head is not None]
     if heads:
         await execute_core(session, _SCHEDULE_HELD, {"ids": heads, "now": now})
@@ -112,14 +112,10 @@ async def _lock_queues(session: AsyncSession, wanted: list[str], *, skip_locked:
     where one transaction writes at a time, nothing needs locking."""
     if session.get_bind().dialect.name != "postgresql":
         return wanted
-    if not skip_locked:
-        return [
-            endpoint_id for (endpoint_id,) in await _rows(session, _TAKE_QUEUES, {"ids": wanted})
-        ]
-    await execute_core(session, _ADD_QUEUES, {"ids": wanted})
-    return [
-        endpoint_id for (endpoint_id,) in await _rows(session, _LOCK_FREE_QUEUES, {"ids": wanted})
-    ]
+    if skip_locked:
+        await execute_core(session, _ADD_QUEUES, {"ids": wanted})
+    locking = _LOCK_FREE_QUEUES if skip_locked else _TAKE_QUEUES
+    return [endpoint_id for (endpoint_id,) in await fetch_all(session, locking, {"ids": wanted})]
 
 
 _queue: sa.Table = OrderedQueueRow.__table__  # type: ignore[attr-defined]
@@ -198,7 +194,3 @@ _SCHEDULE_HELD = (
         updated_at=sa.bindparam("now", type_=UTCDateTime()),
     )
 )
-
-
-async def _rows(session: AsyncSession, query: Any, parameters: Any = None) -> Sequence[Any]:
-    return (await execute_core(session, query, parameters)).all()  # type: ignore[no-any-return]

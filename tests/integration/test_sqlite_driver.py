@@ -1,6 +1,7 @@
 """SQLite through aiosqlite (`app/store/sqlite_driver.py`): one trip to the driver's thread per
 statement, none to commit or roll back when SQLite has no transaction open, and what a
-transaction wrote is committed or rolled back all the same."""
+transaction wrote is committed or rolled back all the same. And `db.transaction` runs work
+registered with `before_commit` once, last, inside the transaction, and not when it fails."""
 
 from __future__ import annotations
 
@@ -11,9 +12,17 @@ from typing import Any
 
 import aiosqlite
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.store.db import SessionFactory, make_engine, make_session_factory, transaction
+from app.store.db import (
+    SessionFactory,
+    before_commit,
+    make_engine,
+    make_session_factory,
+    transaction,
+)
 
 
 @pytest.fixture
@@ -85,3 +94,39 @@ async def test_a_session_closed_mid_transaction_leaves_nothing_behind(engine: As
         connection = await session.connection()
         await connection.exec_driver_sql("INSERT INTO note (text) VALUES ('kept')")
     assert await notes(sessions) == ["kept"]
+
+
+async def write(session: AsyncSession, text: str) -> None:
+    await session.exec(sa.text("INSERT INTO note (text) VALUES (:text)"), params={"text": text})
+
+
+async def test_work_before_commit_runs_once_after_the_rest_and_commits_with_it(
+    engine: AsyncEngine,
+) -> None:
+    async def last(session: AsyncSession) -> None:
+        await write(session, "last")
+
+    sessions = make_session_factory(engine)
+    async with transaction(sessions) as session:
+        before_commit(session, "last", last)
+        await write(session, "first")
+        before_commit(session, "last", last)  # the same name again: still once
+        await write(session, "second")
+    assert await notes(sessions) == ["first", "second", "last"]
+
+
+async def test_work_before_commit_does_not_run_when_the_transaction_fails(
+    engine: AsyncEngine,
+) -> None:
+    ran: list[str] = []
+
+    async def last(session: AsyncSession) -> None:
+        ran.append("last")
+
+    sessions = make_session_factory(engine)
+    with pytest.raises(RuntimeError):
+        async with transaction(sessions) as session:
+            before_commit(session, "last", last)
+            await write(session, "first")
+            raise RuntimeError("the unit of work fails")
+    assert ran == [] and await notes(sessions) == []
