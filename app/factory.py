@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +42,7 @@ from app.domain.secrets import SecretBox
 from app.runtime import Clock, Runtime, build_runtime, utc_now
 from app.store.db import make_engine, make_session_factory
 from app.store.group_commit import EventCommitter
+from app.store.sqlite_checkpoints import WalCheckpointer, checkpointer_for
 
 BLUEPRINTS = (
     health.blueprint,
@@ -109,7 +111,7 @@ def create_app(
     app.extensions["tidings_runtime"] = runtime
     app.extensions["tidings_metrics"] = registry
     _install_api(app)
-    _install_lifecycle(app, engine, runtime, wakeups)
+    _install_lifecycle(app, engine, runtime, wakeups, checkpointer_for(settings.database_url))
     return app
 
 
@@ -124,10 +126,16 @@ def _waker(runtime: Runtime | None, wakeups: PostgresWakeups | None) -> Callable
 
 
 def _install_lifecycle(
-    app: Quart, engine: AsyncEngine, runtime: Runtime | None, wakeups: PostgresWakeups | None
+    app: Quart,
+    engine: AsyncEngine,
+    runtime: Runtime | None,
+    wakeups: PostgresWakeups | None,
+    checkpointer: WalCheckpointer | None,
 ) -> None:
     @app.before_serving
     async def start_delivering() -> None:
+        if checkpointer is not None:
+            checkpointer.start()
         if runtime is not None:
             await runtime.start()
 
@@ -138,6 +146,8 @@ def _install_lifecycle(
         if wakeups is not None:
             await wakeups.close()
         await engine.dispose()
+        if checkpointer is not None:
+            await asyncio.to_thread(checkpointer.stop)
 
 
 def _install_api(app: Quart) -> None:

@@ -29,6 +29,7 @@ from app.domain.secrets import SecretBox
 from app.ingest.upstream import UpstreamWatcher, new_upstream_client
 from app.scheduler import TimedWork, build_scheduler
 from app.store.db import SessionFactory, make_engine, make_session_factory
+from app.store.sqlite_checkpoints import checkpointer_for
 
 Clock = Callable[[], datetime]
 
@@ -168,6 +169,9 @@ async def run_worker_process(settings: Settings, stop: Callable[[], Awaitable[No
     runtime = build_runtime(
         settings, sessions=sessions, catalog=catalog, clock=utc_now, wakeups=wakeups
     )
+    checkpointer = checkpointer_for(settings.database_url)
+    if checkpointer is not None:
+        checkpointer.start()
     await runtime.start()
     try:
         await stop()
@@ -176,3 +180,5 @@ async def run_worker_process(settings: Settings, stop: Callable[[], Awaitable[No
         if wakeups is not None:
             await wakeups.close()
         await engine.dispose()
+        if checkpointer is not None:
+            await asyncio.to_thread(checkpointer.stop)

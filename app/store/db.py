@@ -13,14 +13,16 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.store.sqlite_checkpoints import AUTOCHECKPOINT_PAGES
 from app.store.sqlite_driver import ONE_TRIP_AIOSQLITE
 
 SessionFactory = async_sessionmaker[AsyncSession]
 
 
 def make_engine(url: str) -> AsyncEngine:
-    """Open an engine; SQLite gets WAL, a busy timeout, enforced foreign keys, and one trip to
-    the driver's thread per statement (`sqlite_driver`)."""
+    """Open an engine; SQLite gets WAL (checkpointed by a `sqlite_checkpoints.WalCheckpointer`
+    where one runs), a busy timeout, enforced foreign keys, and one trip to the driver's thread
+    per statement (`sqlite_driver`)."""
     if url.startswith("sqlite"):
         engine = create_async_engine(
             url,
@@ -54,6 +56,7 @@ def _configure_sqlite(connection: Any, _record: Any) -> None:
     cursor = connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
