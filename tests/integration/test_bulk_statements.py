@@ -17,7 +17,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.store import deliveries as queue
 from app.store import outbox
-from app.store.bulk import BulkStatement
+from app.store.bulk import MULTI_ROW_FROM, BulkStatement
 from app.store.db import (
     SessionFactory,
     column_json,
@@ -202,6 +202,40 @@ async def test_deliveries_are_stored_as_sqlalchemy_stores_them(store: Store) -> 
         store, outbox._INSERT_DELIVERIES, outbox._delivery, rows, events_stored
     )
     assert len(stored["delivery"]) == len(rows)
+
+
+async def test_many_deliveries_are_stored_as_sqlalchemy_stores_them(store: Store) -> None:
+    """Enough rows for pages of multi-row VALUES on SQLite (three pages here, the last short)."""
+    event_id = event_rows()[0]["id"]
+    count = MULTI_ROW_FROM + 5
+    rows = [
+        (
+            f"dlv_{n:04d}",
+            event_id,
+            store.endpoint_id,
+            "acme",
+            "pending" if n % 2 else "failed",
+            n,
+            NOW + timedelta(microseconds=n) if n % 2 else None,
+            None,
+            NOW - timedelta(seconds=n),
+            NOW,
+            NOW,
+            n if n % 3 else None,
+            "scheduled",
+        )
+        for n in range(count)
+    ]
+    async with store.sessions() as session:
+        dialect = (await session.connection()).dialect
+    dialect.insertmanyvalues_page_size = count // 3 + 1
+    try:
+        stored = await stored_both_ways(
+            store, outbox._INSERT_DELIVERIES, outbox._delivery, rows, events_stored
+        )
+    finally:
+        dialect.insertmanyvalues_page_size = 1000
+    assert len(stored["delivery"]) == count
 
 
 async def test_attempts_are_stored_as_sqlalchemy_stores_them(store: Store) -> None:
