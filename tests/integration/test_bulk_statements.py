@@ -17,7 +17,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.store import deliveries as queue
 from app.store import outbox
-from app.store.bulk import MULTI_ROW_FROM, BulkStatement
+from app.store.bulk import PAGE_ROWS, BulkStatement
 from app.store.db import (
     SessionFactory,
     column_json,
@@ -204,10 +204,12 @@ async def test_deliveries_are_stored_as_sqlalchemy_stores_them(store: Store) -> 
     assert len(stored["delivery"]) == len(rows)
 
 
-async def test_many_deliveries_are_stored_as_sqlalchemy_stores_them(store: Store) -> None:
-    """Enough rows for pages of multi-row VALUES on SQLite (three pages here, the last short)."""
+@pytest.mark.parametrize("count", [PAGE_ROWS, 2 * PAGE_ROWS + 5])
+async def test_many_deliveries_are_stored_as_sqlalchemy_stores_them(
+    store: Store, count: int
+) -> None:
+    """Enough rows for pages of multi-row VALUES on SQLite: whole pages, and some more."""
     event_id = event_rows()[0]["id"]
-    count = MULTI_ROW_FROM + 5
     rows = [
         (
             f"dlv_{n:04d}",
@@ -226,16 +228,10 @@ async def test_many_deliveries_are_stored_as_sqlalchemy_stores_them(store: Store
         )
         for n in range(count)
     ]
-    async with store.sessions() as session:
-        dialect = (await session.connection()).dialect
-    dialect.insertmanyvalues_page_size = count // 3 + 1
-    try:
-        stored = await stored_both_ways(
-            store, outbox._INSERT_DELIVERIES, outbox._delivery, rows, events_stored
-        )
-    finally:
-        dialect.insertmanyvalues_page_size = 1000
-    assert len(stored["delivery"]) == count
+    stored = await stored_both_ways(
+        store, outbox._INSERT_DELIVERIES, outbox._delivery, rows, events_stored
+    )
+    assert len(stored["delivery"]) == len(rows)
 
 
 async def test_attempts_are_stored_as_sqlalchemy_stores_them(store: Store) -> None:
