@@ -271,7 +271,7 @@ async def _start_noop(bench: Bench) -> tuple[subprocess.Popen[bytes], str]:
     return await start_server([sys.executable, script], log=bench.work / "noop.log")
 
 
-async def _bundle_rate(base: str, key: str, seconds: float, pushes: int) -> tuple[float, int]:
+async def bundle_rate(base: str, key: str, seconds: float, pushes: int) -> tuple[float, int]:
     headers = headers_for(key, "application/fhir+json")
     async with aiohttp.ClientSession(headers=headers) as session:
 
@@ -284,7 +284,7 @@ async def _bundle_rate(base: str, key: str, seconds: float, pushes: int) -> tupl
         return await _closed_loop(seconds, pushes, push)
 
 
-async def _ingest_api(bench: Bench, database: Database) -> tuple[Tidings, str]:
+async def ingest_api(bench: Bench, database: Database) -> tuple[Tidings, str]:
     """`tidings api` to start on `database`, whose `ingest` organization has one endpoint for
     the flow events and one for Encounter changes: (how to start it, source key)."""
     engine = bench_engine(database)
@@ -306,9 +306,9 @@ async def ingest(bench: Bench) -> list[Measurement]:
     process (on the other core) and 4 pushes at a time keep the API busy while it waits.
     The servers start together and are measured one at a time, the others idle."""
     seconds = bench.sizes.ingest_seconds
-    apis = [await _ingest_api(bench, await sqlite_database(bench.work / "ingest.db"))]
+    apis = [await ingest_api(bench, await sqlite_database(bench.work / "ingest.db"))]
     if bench.sizes.ingest_on_postgres:
-        apis.append(await _ingest_api(bench, await bench.postgres("ingest")))
+        apis.append(await ingest_api(bench, await bench.postgres("ingest")))
     started = await start_servers(
         _start_noop(bench), *(tidings.start_server("api") for tidings, _ in apis)
     )
@@ -320,7 +320,7 @@ async def ingest(bench: Bench) -> list[Measurement]:
         stop_process(noop_process)
         key = apis[0][1]
         events, event_errors = await _event_rate(base, key, seconds)
-        changes, bundle_errors = await _bundle_rate(base, key, max(seconds, 2), SQLITE_PUSHES)
+        changes, bundle_errors = await bundle_rate(base, key, max(seconds, 2), SQLITE_PUSHES)
         client = f"{CLIENT_CONCURRENCY} concurrent, `tidings api` on SQLite, 1 delivery each"
         rows = [
             Measurement("ingest: no-op Quart route", noop, "req/s", note="same client, Hypercorn"),
@@ -337,7 +337,7 @@ async def ingest(bench: Bench) -> list[Measurement]:
             _bundle_row("SQLite", changes, SQLITE_PUSHES, bundle_errors),
         ]
         for (_, postgres_base), (_, postgres_key) in zip(postgres, apis[1:], strict=True):
-            changes, bundle_errors = await _bundle_rate(
+            changes, bundle_errors = await bundle_rate(
                 postgres_base, postgres_key, seconds, POSTGRES_PUSHES
             )
             rows.append(_bundle_row("PostgreSQL", changes, POSTGRES_PUSHES, bundle_errors))

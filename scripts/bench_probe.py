@@ -9,6 +9,8 @@ print. Run from the repository root with the project's virtualenv:
     .venv/bin/python scripts/bench_probe.py queue --postgres --deliveries 50000
     .venv/bin/python scripts/bench_probe.py queue --postgres --ordered --deliveries 2000
     .venv/bin/python scripts/bench_probe.py queue --postgres --idle-ordered 2000
+    .venv/bin/python scripts/bench_probe.py bundles --seconds 6         # `api` on SQLite
+    .venv/bin/python scripts/bench_probe.py bundles --postgres --pushes 8
 
 drain: `tidings worker` processes drain N pending deliveries to 10 endpoints of the fast
 receiver, held until the workers have started, then released at once; prints the rate from the
@@ -29,6 +31,10 @@ PostgreSQL, the server's CPU time per delivery (every `postgres` process in /pro
 server must run on this machine and be otherwise idle). With `--ordered`, each claim can only
 lease each endpoint's oldest delivery: 10 a claim. With `--idle-ordered N`, N more ordered
 endpoints exist that receive nothing: what they cost the claims of everyone else.
+
+bundles: `bench.py`'s ingest of 500-change FHIR history Bundles alone, for `--seconds`, with
+`--pushes` at a time (default: as `bench.py`, 2 on SQLite and 4 on PostgreSQL), into
+`tidings api`; prints the rate and the API process's CPU time per change.
 """
 
 from __future__ import annotations
@@ -54,10 +60,14 @@ import aiohttp
 import bench_api
 from bench_delivery import drain_held, run_closed, signed_requests
 from bench_env import (
+    QUICK,
+    Bench,
     Database,
     Receiver,
     Tidings,
+    cpu_seconds,
     postgres_database,
+    settled,
     sqlite_database,
     start_receiver,
     stop_process,
@@ -281,6 +291,29 @@ async def sender(args: argparse.Namespace, work: Path, receiver: Receiver) -> No
             )
 
 
+async def bundles(args: argparse.Namespace, work: Path, receiver: Receiver) -> None:
+    database = await _database(args, work, "probe_bundles")
+    tidings, key = await bench_api.ingest_api(Bench(QUICK, work, receiver), database)
+    pushes = args.pushes or (
+        bench_api.POSTGRES_PUSHES if args.postgres else bench_api.SQLITE_PUSHES
+    )
+    server, base = await tidings.start_server("api")
+    try:
+        await settled([server])
+        cpu_before = cpu_seconds(server.pid)
+        changes, errors = await bench_api.bundle_rate(base, key, args.seconds, pushes)
+        cpu = cpu_seconds(server.pid) - cpu_before
+    finally:
+        stop_process(server)
+        await _drop(database)
+    kind = "PostgreSQL" if args.postgres else "SQLite"
+    per_change = cpu / (changes * args.seconds) * 1e6 if changes else float("nan")
+    print(
+        f"bundles {kind}, {pushes} at a time for {args.seconds:g} s: {changes:,.0f} changes/s, "
+        f"{errors} errors; API CPU {per_change:.0f} µs per change"
+    )
+
+
 def _line(label: str, rows: list[tuple[float, float, float]]) -> str:
     if not rows:
         return f"  {label}: nothing arrived"
@@ -308,7 +341,13 @@ async def _run(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="tidings-probe-"))
     receiver = await start_receiver(work)
     try:
-        probes = {"drain": drain, "e2e": end_to_end, "sender": sender, "queue": queue_steps}
+        probes = {
+            "drain": drain,
+            "e2e": end_to_end,
+            "sender": sender,
+            "queue": queue_steps,
+            "bundles": bundles,
+        }
         await probes[args.probe](args, work, receiver)
     finally:
         stop_process(receiver.process)
@@ -318,7 +357,7 @@ async def _run(args: argparse.Namespace) -> None:
 def main() -> None:
     """Run one probe and print its result."""
     parser = argparse.ArgumentParser(description="Tidings probes (see the module docstring).")
-    parser.add_argument("probe", choices=["drain", "e2e", "sender", "queue"])
+    parser.add_argument("probe", choices=["drain", "e2e", "sender", "queue", "bundles"])
     parser.add_argument("--postgres", action="store_true", help="PostgreSQL instead of SQLite")
     parser.add_argument("--workers", type=int, default=1, help="drain: worker processes")
     parser.add_argument("--deliveries", type=int, default=20_000, help="drain, queue: length")
@@ -331,7 +370,8 @@ def main() -> None:
         default=0,
         help="drain, queue: this many more ordered endpoints, with nothing to deliver",
     )
-    parser.add_argument("--seconds", type=float, default=10, help="e2e: measured seconds")
+    parser.add_argument("--seconds", type=float, default=10, help="e2e, bundles: measured seconds")
+    parser.add_argument("--pushes", type=int, default=0, help="bundles: pushes at a time")
     parser.add_argument("--requests", type=int, default=20_000, help="sender: per round")
     parser.add_argument(
         "--in-flight", type=int, action="append", help="sender: only these (repeatable)"

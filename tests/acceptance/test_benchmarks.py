@@ -78,3 +78,14 @@ def test_the_queue_probe_runs_with_ordered_and_idle_ordered_endpoints(database: 
     assert done.returncode == 0, done.stdout + done.stderr
     assert "200 deliveries in claims of 256" in done.stdout, done.stdout
     assert "claim :" in done.stdout and "record:" in done.stdout
+
+
+@pytest.mark.acceptance
+def test_the_bundles_probe_pushes_without_errors() -> None:
+    done = run_script("scripts/bench_probe.py", "bundles", "--seconds", "1", timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    found = re.search(
+        r"bundles SQLite, 2 at a time for 1 s: ([\d,]+) changes/s, (\d+) errors", done.stdout
+    )
+    assert found, done.stdout
+    assert int(found.group(1).replace(",", "")) > 0 and found.group(2) == "0", done.stdout
