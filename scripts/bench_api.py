@@ -253,7 +253,7 @@ async def _closed_loop(
     return units / (time.perf_counter() - started), errors
 
 
-async def _event_rate(base: str, key: str, seconds: float) -> tuple[float, int]:
+async def event_rate(base: str, key: str, seconds: float) -> tuple[float, int]:
     connector = aiohttp.TCPConnector(limit=CLIENT_CONCURRENCY)
     async with aiohttp.ClientSession(connector=connector, headers=headers_for(key)) as session:
 
@@ -316,10 +316,10 @@ async def ingest(bench: Bench) -> list[Measurement]:
     try:
         await settled(processes)
         (noop_process, noop_base), (_, base), *postgres = started
-        noop, _ = await _event_rate(noop_base, "none", seconds)
+        noop, _ = await event_rate(noop_base, "none", seconds)
         stop_process(noop_process)
         key = apis[0][1]
-        events, event_errors = await _event_rate(base, key, seconds)
+        events, event_errors = await event_rate(base, key, seconds)
         changes, bundle_errors = await bundle_rate(base, key, max(seconds, 2), SQLITE_PUSHES)
         client = f"{CLIENT_CONCURRENCY} concurrent, `tidings api` on SQLite, 1 delivery each"
         rows = [

@@ -11,6 +11,7 @@ print. Run from the repository root with the project's virtualenv:
     .venv/bin/python scripts/bench_probe.py queue --postgres --idle-ordered 2000
     .venv/bin/python scripts/bench_probe.py bundles --seconds 6         # `api` on SQLite
     .venv/bin/python scripts/bench_probe.py bundles --postgres --pushes 8
+    .venv/bin/python scripts/bench_probe.py events --seconds 6          # `api` on SQLite
 
 drain: `tidings worker` processes drain N pending deliveries to 10 endpoints of the fast
 receiver, held until the workers have started, then released at once; prints the rate from the
@@ -35,6 +36,9 @@ endpoints exist that receive nothing: what they cost the claims of everyone else
 bundles: `bench.py`'s ingest of 500-change FHIR history Bundles alone, for `--seconds`, with
 `--pushes` at a time (default: as `bench.py`, 2 on SQLite and 4 on PostgreSQL), into
 `tidings api`; prints the rate and the API process's CPU time per change.
+
+events: `bench.py`'s ingest of single events through `POST /v1/events` alone (32 clients at a
+time), for `--seconds`, into `tidings api`; prints the rate and the API's CPU time per event.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from ipaddress import ip_network
@@ -292,26 +296,56 @@ async def sender(args: argparse.Namespace, work: Path, receiver: Receiver) -> No
 
 
 async def bundles(args: argparse.Namespace, work: Path, receiver: Receiver) -> None:
-    database = await _database(args, work, "probe_bundles")
-    tidings, key = await bench_api.ingest_api(Bench(QUICK, work, receiver), database)
     pushes = args.pushes or (
         bench_api.POSTGRES_PUSHES if args.postgres else bench_api.SQLITE_PUSHES
     )
+
+    async def push(base: str, key: str) -> tuple[float, int]:
+        return await bench_api.bundle_rate(base, key, args.seconds, pushes)
+
+    changes, errors, cpu = await _ingest(args, work, receiver, "bundles", push)
+    print(
+        f"bundles {_kind(args)}, {pushes} at a time for {args.seconds:g} s: {changes:,.0f} "
+        f"changes/s, {errors} errors; API CPU {cpu * 1e6:.0f} µs per change"
+    )
+
+
+async def events(args: argparse.Namespace, work: Path, receiver: Receiver) -> None:
+    async def publish(base: str, key: str) -> tuple[float, int]:
+        return await bench_api.event_rate(base, key, args.seconds)
+
+    rate, errors, cpu = await _ingest(args, work, receiver, "events", publish)
+    print(
+        f"events {_kind(args)}, {bench_api.CLIENT_CONCURRENCY} at a time for {args.seconds:g} s: "
+        f"{rate:,.0f} events/s, {errors} errors; API CPU {cpu * 1e6:.0f} µs per event"
+    )
+
+
+async def _ingest(
+    args: argparse.Namespace,
+    work: Path,
+    receiver: Receiver,
+    name: str,
+    load: Callable[[str, str], Awaitable[tuple[float, int]]],
+) -> tuple[float, int, float]:
+    """`load` (base URL, source key -> rate, errors) against `tidings api` on `bench.py`'s
+    ingest organization: the rate, the errors, and the API's CPU seconds per item."""
+    database = await _database(args, work, f"probe_{name}")
+    tidings, key = await bench_api.ingest_api(Bench(QUICK, work, receiver), database)
     server, base = await tidings.start_server("api")
     try:
         await settled([server])
         cpu_before = cpu_seconds(server.pid)
-        changes, errors = await bench_api.bundle_rate(base, key, args.seconds, pushes)
+        rate, errors = await load(base, key)
         cpu = cpu_seconds(server.pid) - cpu_before
     finally:
         stop_process(server)
         await _drop(database)
-    kind = "PostgreSQL" if args.postgres else "SQLite"
-    per_change = cpu / (changes * args.seconds) * 1e6 if changes else float("nan")
-    print(
-        f"bundles {kind}, {pushes} at a time for {args.seconds:g} s: {changes:,.0f} changes/s, "
-        f"{errors} errors; API CPU {per_change:.0f} µs per change"
-    )
+    return rate, errors, cpu / (rate * args.seconds) if rate else float("nan")
+
+
+def _kind(args: argparse.Namespace) -> str:
+    return "PostgreSQL" if args.postgres else "SQLite"
 
 
 def _line(label: str, rows: list[tuple[float, float, float]]) -> str:
@@ -347,6 +381,7 @@ async def _run(args: argparse.Namespace) -> None:
             "sender": sender,
             "queue": queue_steps,
             "bundles": bundles,
+            "events": events,
         }
         await probes[args.probe](args, work, receiver)
     finally:
@@ -357,7 +392,7 @@ async def _run(args: argparse.Namespace) -> None:
 def main() -> None:
     """Run one probe and print its result."""
     parser = argparse.ArgumentParser(description="Tidings probes (see the module docstring).")
-    parser.add_argument("probe", choices=["drain", "e2e", "sender", "queue", "bundles"])
+    parser.add_argument("probe", choices=["drain", "e2e", "sender", "queue", "bundles", "events"])
     parser.add_argument("--postgres", action="store_true", help="PostgreSQL instead of SQLite")
     parser.add_argument("--workers", type=int, default=1, help="drain: worker processes")
     parser.add_argument("--deliveries", type=int, default=20_000, help="drain, queue: length")
@@ -370,7 +405,9 @@ def main() -> None:
         default=0,
         help="drain, queue: this many more ordered endpoints, with nothing to deliver",
     )
-    parser.add_argument("--seconds", type=float, default=10, help="e2e, bundles: measured seconds")
+    parser.add_argument(
+        "--seconds", type=float, default=10, help="e2e, bundles, events: measured seconds"
+    )
     parser.add_argument("--pushes", type=int, default=0, help="bundles: pushes at a time")
     parser.add_argument("--requests", type=int, default=20_000, help="sender: per round")
     parser.add_argument(

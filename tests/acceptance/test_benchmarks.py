@@ -81,11 +81,12 @@ def test_the_queue_probe_runs_with_ordered_and_idle_ordered_endpoints(database: 
 
 
 @pytest.mark.acceptance
-def test_the_bundles_probe_pushes_without_errors() -> None:
-    done = run_script("scripts/bench_probe.py", "bundles", "--seconds", "1", timeout=120)
+@pytest.mark.parametrize(("probe", "unit"), [("bundles", "changes/s"), ("events", "events/s")])
+def test_the_ingest_probes_run_without_errors(probe: str, unit: str) -> None:
+    done = run_script("scripts/bench_probe.py", probe, "--seconds", "1", timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     found = re.search(
-        r"bundles SQLite, 2 at a time for 1 s: ([\d,]+) changes/s, (\d+) errors", done.stdout
+        rf"{probe} SQLite, .* ([\d,]+) {unit}, (\d+) errors; API CPU \d+ µs", done.stdout
     )
     assert found, done.stdout
     assert int(found.group(1).replace(",", "")) > 0 and found.group(2) == "0", done.stdout
