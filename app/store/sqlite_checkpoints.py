@@ -39,7 +39,7 @@ class WalCheckpointer:
         self.path = path
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._connection: sqlite3.Connection | None = None  # the thread's own
+        self._connection: sqlite3.Connection | None = None  # used by one thread at a time
         self._last_frames = 0
 
     def start(self) -> None:
@@ -48,16 +48,16 @@ class WalCheckpointer:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop after the checkpoint in progress, if any."""
+        """Stop after the checkpoint in progress, if any, and close the connection."""
         self._stopping.set()
         if self._thread is not None:
             self._thread.join()
+        self._close()
 
     def _run(self) -> None:
         interval = BUSY_SECONDS
         while not self._stopping.wait(interval):
             interval = self.checkpoint_once(interval)
-        self._close()
 
     def checkpoint_once(self, interval: float = BUSY_SECONDS) -> float:
         """One checkpoint; how long to wait before the next: soon while the log grows, longer
@@ -81,7 +81,9 @@ class WalCheckpointer:
     def _connect(self) -> sqlite3.Connection:
         """A connection to the existing file (never one that creates it)."""
         uri = f"file:{quote(str(self.path))}?mode=rw"
-        return sqlite3.connect(uri, uri=True, timeout=1.0, isolation_level=None)
+        return sqlite3.connect(
+            uri, uri=True, timeout=1.0, isolation_level=None, check_same_thread=False
+        )
 
 
 def checkpoint(connection: sqlite3.Connection) -> int:

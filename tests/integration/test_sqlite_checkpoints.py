@@ -73,6 +73,7 @@ def test_a_checkpoint_copies_the_log_into_the_database_file(
 
     checkpointer = WalCheckpointer(path)
     checkpointer.checkpoint_once()
+    checkpointer.stop()
 
     assert rows_in_file_alone(path, tmp_path) == 50
 
