@@ -134,20 +134,22 @@ def _install_lifecycle(
 ) -> None:
     @app.before_serving
     async def start_delivering() -> None:
-        if checkpointer is not None:
-            checkpointer.start()
         if runtime is not None:
             await runtime.start()
+        if checkpointer is not None:  # last: nothing after it can fail and leave it running
+            checkpointer.start()
 
     @app.after_serving
     async def stop_delivering() -> None:
-        if runtime is not None:
-            await runtime.stop()
-        if wakeups is not None:
-            await wakeups.close()
-        await engine.dispose()
-        if checkpointer is not None:
-            await asyncio.to_thread(checkpointer.stop)
+        try:
+            if runtime is not None:
+                await runtime.stop()
+            if wakeups is not None:
+                await wakeups.close()
+            await engine.dispose()
+        finally:
+            if checkpointer is not None:
+                await asyncio.to_thread(checkpointer.stop)
 
 
 def _install_api(app: Quart) -> None:

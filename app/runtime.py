@@ -169,16 +169,18 @@ async def run_worker_process(settings: Settings, stop: Callable[[], Awaitable[No
     runtime = build_runtime(
         settings, sessions=sessions, catalog=catalog, clock=utc_now, wakeups=wakeups
     )
+    await runtime.start()
     checkpointer = checkpointer_for(settings.database_url)
     if checkpointer is not None:
         checkpointer.start()
-    await runtime.start()
     try:
         await stop()
     finally:
-        await runtime.stop()
-        if wakeups is not None:
-            await wakeups.close()
-        await engine.dispose()
-        if checkpointer is not None:
-            await asyncio.to_thread(checkpointer.stop)
+        try:
+            await runtime.stop()
+            if wakeups is not None:
+                await wakeups.close()
+            await engine.dispose()
+        finally:
+            if checkpointer is not None:
+                await asyncio.to_thread(checkpointer.stop)

@@ -41,7 +41,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 # The placeholder of one value, by the dialect's paramstyle (SQLite: qmark, asyncpg: $1, $2...).
 _PLACEHOLDERS = {"qmark": r"\?", "numeric_dollar": r"\$\d+"}
 _MAX_CACHED_TEXTS = 32
-PAGE_ROWS = 64  # rows of the multi-row VALUES statement of a plain INSERT on SQLite
+PAGE_ROWS = 64  # rows of the multi-row VALUES statement of a plain INSERT on SQLite, at most
 _Statement = sa.Insert | sa.Update
 
 
@@ -88,10 +88,11 @@ class BulkStatement:
             return []
         if compiled.returning:
             return await self._returning(connection, compiled, parameters)
-        if compiled.pieces and len(parameters) >= PAGE_ROWS:
-            whole = len(parameters) - len(parameters) % PAGE_ROWS
-            pages = [_flat(parameters[at : at + PAGE_ROWS]) for at in range(0, whole, PAGE_ROWS)]
-            await connection.exec_driver_sql(compiled.text_for(PAGE_ROWS), pages)
+        page_rows = min(PAGE_ROWS, _page_rows(connection.dialect, len(self.columns)))
+        if compiled.pieces and len(parameters) >= page_rows:
+            whole = len(parameters) - len(parameters) % page_rows
+            pages = [_flat(parameters[at : at + page_rows]) for at in range(0, whole, page_rows)]
+            await connection.exec_driver_sql(compiled.text_for(page_rows), pages)
             parameters = parameters[whole:]
         if parameters:
             await connection.exec_driver_sql(compiled.text, parameters)

@@ -36,14 +36,18 @@ class WalCheckpointer:
     """Checkpoints the SQLite database at `path` from a thread, from `start` to `stop`."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
+        self.path = path.absolute()  # as SQLAlchemy reads a relative path: from here, now
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._connection: sqlite3.Connection | None = None  # used by one thread at a time
+        self._lock = threading.Lock()  # the connection, one checkpoint at a time
+        self._connection: sqlite3.Connection | None = None
         self._last_frames = 0
+        self._failing = False
 
     def start(self) -> None:
-        """Begin checkpointing in the background."""
+        """Begin checkpointing in the background (once)."""
+        if self._thread is not None or self._stopping.is_set():
+            raise RuntimeError("a WalCheckpointer starts once, before it stops")
         self._thread = threading.Thread(target=self._run, name="sqlite-checkpoints", daemon=True)
         self._thread.start()
 
@@ -52,7 +56,13 @@ class WalCheckpointer:
         self._stopping.set()
         if self._thread is not None:
             self._thread.join()
-        self._close()
+        with self._lock:
+            self._close()
+
+    @property
+    def running(self) -> bool:
+        """Whether the thread is running."""
+        return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
         interval = BUSY_SECONDS
@@ -62,16 +72,29 @@ class WalCheckpointer:
     def checkpoint_once(self, interval: float = BUSY_SECONDS) -> float:
         """One checkpoint; how long to wait before the next: soon while the log grows, longer
         and longer while it does not, and long after an error (logged, tried again)."""
-        try:
-            if self._connection is None:
-                self._connection = self._connect()
-            frames = checkpoint(self._connection)
-        except sqlite3.Error as error:
-            log.debug("SQLite checkpoint of %s failed, will try again: %s", self.path, error)
-            self._close()
-            return IDLE_SECONDS
+        with self._lock:
+            if self._stopping.is_set():
+                return IDLE_SECONDS  # stopping: nothing is opened again
+            try:
+                if self._connection is None:
+                    self._connection = self._connect()
+                frames = checkpoint(self._connection)
+            except sqlite3.Error as error:
+                self._failed(error)
+                return IDLE_SECONDS
+        if self._failing:
+            log.info("SQLite checkpoints of %s work again", self.path)
+            self._failing = False
         growing, self._last_frames = frames != self._last_frames, frames
         return BUSY_SECONDS if growing else min(2 * interval, IDLE_SECONDS)
+
+    def _failed(self, error: sqlite3.Error) -> None:
+        """Warn once a run of failures begins (each connection still checkpoints itself past
+        `AUTOCHECKPOINT_PAGES`); close the connection to open a new one next time."""
+        level = logging.DEBUG if self._failing else logging.WARNING
+        log.log(level, "SQLite checkpoint of %s failed, will try again: %s", self.path, error)
+        self._failing = True
+        self._close()
 
     def _close(self) -> None:
         if self._connection is not None:
@@ -80,7 +103,7 @@ class WalCheckpointer:
 
     def _connect(self) -> sqlite3.Connection:
         """A connection to the existing file (never one that creates it)."""
-        uri = f"file:{quote(str(self.path))}?mode=rw"
+        uri = f"file://{quote(str(self.path))}?mode=rw"
         return sqlite3.connect(
             uri, uri=True, timeout=1.0, isolation_level=None, check_same_thread=False
         )

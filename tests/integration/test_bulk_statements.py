@@ -228,10 +228,25 @@ async def test_many_deliveries_are_stored_as_sqlalchemy_stores_them(
         )
         for n in range(count)
     ]
-    stored = await stored_both_ways(
-        store, outbox._INSERT_DELIVERIES, outbox._delivery, rows, events_stored
-    )
+    pages: list[int] = []  # rows of VALUES per statement run
+
+    def seen(
+        _conn: Any, _cursor: Any, statement: str, _params: Any, _context: Any, _many: bool
+    ) -> None:
+        if statement.startswith("INSERT INTO delivery"):
+            pages.append(statement.count("), (") + 1)
+
+    engine = store.sessions.kw["bind"].sync_engine
+    sa.event.listen(engine, "before_cursor_execute", seen)
+    try:
+        stored = await stored_both_ways(
+            store, outbox._INSERT_DELIVERIES, outbox._delivery, rows, events_stored
+        )
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", seen)
     assert len(stored["delivery"]) == len(rows)
+    if engine.dialect.name == "sqlite":  # PostgreSQL takes them all in one statement
+        assert PAGE_ROWS in pages, pages
 
 
 async def test_attempts_are_stored_as_sqlalchemy_stores_them(store: Store) -> None:

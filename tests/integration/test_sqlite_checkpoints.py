@@ -3,6 +3,7 @@ that writers find it copied and rewind it, and it never creates a database."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sqlite3
 import threading
@@ -96,22 +97,50 @@ def test_the_thread_copies_the_log_while_writers_go_on_and_they_rewind_it(
         assert log_salt(path) != first_salt, "the log was never rewound"
     finally:
         checkpointer.stop()
-    assert not any(thread.name == "sqlite-checkpoints" for thread in threading.enumerate())
+    assert not checkpointer.running
     assert 0 < rows_in_file_alone(path, tmp_path) <= written
 
 
-def test_a_missing_database_is_not_created(tmp_path: Path) -> None:
+def test_a_missing_database_is_not_created_and_the_failure_is_told_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = tmp_path / "missing.db"
     checkpointer = WalCheckpointer(path)
+    caplog.set_level(logging.DEBUG, logger="tidings.sqlite")
 
     assert checkpointer.checkpoint_once() == IDLE_SECONDS  # tried again later
+    assert checkpointer.checkpoint_once() == IDLE_SECONDS
     assert not path.exists()
+    levels = [record.levelno for record in caplog.records]
+    assert levels == [logging.WARNING, logging.DEBUG]
+
+
+def test_a_stopped_checkpointer_copies_nothing(writer: sqlite3.Connection, tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    write(writer)
+    checkpointer = WalCheckpointer(path)
+    checkpointer.stop()
+
+    checkpointer.checkpoint_once()
+
+    assert rows_in_file_alone(path, tmp_path) == 0
+
+
+def test_a_checkpointer_starts_once(tmp_path: Path) -> None:
+    checkpointer = WalCheckpointer(tmp_path / "t.db")
+    checkpointer.start()
+    with pytest.raises(RuntimeError):
+        checkpointer.start()
+    checkpointer.stop()
+    assert not checkpointer.running
+    with pytest.raises(RuntimeError):
+        checkpointer.start()
 
 
 @pytest.mark.parametrize(
     ("url", "path"),
     [
-        ("sqlite+aiosqlite:///./tidings.db", Path("tidings.db")),
+        ("sqlite+aiosqlite:///./tidings.db", Path.cwd() / "tidings.db"),
         ("sqlite+aiosqlite:////var/lib/tidings/t.db", Path("/var/lib/tidings/t.db")),
         ("sqlite+aiosqlite://", None),
         ("sqlite+aiosqlite:///:memory:", None),
