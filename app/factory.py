@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -39,7 +38,7 @@ from app.domain.addresses import Resolver
 from app.domain.catalog import load_catalog
 from app.domain.matching import CriteriaCache
 from app.domain.secrets import SecretBox
-from app.runtime import Clock, Runtime, build_runtime, utc_now
+from app.runtime import Clock, Runtime, build_runtime, shut_down, utc_now
 from app.store.db import make_engine, make_session_factory
 from app.store.group_commit import EventCommitter
 from app.store.sqlite_checkpoints import WalCheckpointer, checkpointer_for
@@ -141,15 +140,7 @@ def _install_lifecycle(
 
     @app.after_serving
     async def stop_delivering() -> None:
-        try:
-            if runtime is not None:
-                await runtime.stop()
-            if wakeups is not None:
-                await wakeups.close()
-            await engine.dispose()
-        finally:
-            if checkpointer is not None:
-                await asyncio.to_thread(checkpointer.stop)
+        await shut_down(runtime, wakeups, engine, checkpointer)
 
 
 def _install_api(app: Quart) -> None:

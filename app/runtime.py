@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.delivery import dns
@@ -29,7 +30,7 @@ from app.domain.secrets import SecretBox
 from app.ingest.upstream import UpstreamWatcher, new_upstream_client
 from app.scheduler import TimedWork, build_scheduler
 from app.store.db import SessionFactory, make_engine, make_session_factory
-from app.store.sqlite_checkpoints import checkpointer_for
+from app.store.sqlite_checkpoints import WalCheckpointer, checkpointer_for
 
 Clock = Callable[[], datetime]
 
@@ -176,11 +177,23 @@ async def run_worker_process(settings: Settings, stop: Callable[[], Awaitable[No
     try:
         await stop()
     finally:
-        try:
+        await shut_down(runtime, wakeups, engine, checkpointer)
+
+
+async def shut_down(
+    runtime: Runtime | None,
+    wakeups: PostgresWakeups | None,
+    engine: AsyncEngine,
+    checkpointer: WalCheckpointer | None,
+) -> None:
+    """A process's end: stop delivering, stop listening for wake-ups, close the database, and
+    in any case stop checkpointing it (`tidings worker`, and the app after serving)."""
+    try:
+        if runtime is not None:
             await runtime.stop()
-            if wakeups is not None:
-                await wakeups.close()
-            await engine.dispose()
-        finally:
-            if checkpointer is not None:
-                await asyncio.to_thread(checkpointer.stop)
+        if wakeups is not None:
+            await wakeups.close()
+        await engine.dispose()
+    finally:
+        if checkpointer is not None:
+            await asyncio.to_thread(checkpointer.stop)
