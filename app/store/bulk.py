@@ -13,7 +13,7 @@ the driver with `exec_driver_sql`:
 - a plain INSERT on SQLite: from `PAGE_ROWS` rows up, one executemany of a multi-row VALUES
   statement of exactly that many rows, for every whole page, and one executemany of the rest.
   An executemany binds and steps every row on its own: for 500 delivery rows, 4.8 against
-  7.0 µs a row (3.7 µs with one statement of all 500 rows, but SQLite prepares a statement
+  7.0 µs a row (4.1-4.3 µs with one statement of all 500 rows, but SQLite prepares a statement
   per text and keeps the last 128 per connection: statements of 64-191 rows took 30 MB);
 - an UPDATE on SQLite: one executemany;
 - a plain INSERT or UPDATE on PostgreSQL: one statement over arrays, a column each
