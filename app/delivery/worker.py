@@ -1,13 +1,18 @@
 """The delivery worker: claim due deliveries, send them concurrently, record every attempt.
 
 `run_once` handles one batch from claim to record and is what tests drive with a fake clock.
-`run` is the long-running loop. It keeps up to `concurrency` attempts in flight and claims as
-soon as there is work and room: when woken by a new event, at once again after a full claim,
-after attempts free slots while more is known to be due, and every poll interval (due retries,
-expired leases). A slow endpoint never holds up the others. Finished attempts are recorded by
-a second task, each round taking everything finished since the last (gathered for up to
-`RECORD_GATHER_SECONDS`), so recording never delays a claim and the database sees few, large
-statements.
+`run` is the long-running loop. It holds at most `concurrency` deliveries between claim and
+record (in flight, or finished and not yet recorded) and claims as soon as there is work and
+room: when woken by a new event, at once again after a full claim, after recorded attempts free
+slots while more is known to be due, and every poll interval (due retries, expired leases). A
+slow endpoint never holds up the others. Finished attempts are recorded by a second task, each
+round taking everything finished since the last (gathered for up to `RECORD_GATHER_SECONDS`),
+so recording never delays a claim and the database sees few, large statements.
+
+A slot is freed when its outcome is recorded, not when the attempt ends: what a killed worker
+can have sent without recording it (and so sends again once the lease runs out) is at most
+`concurrency` deliveries, and a database that records slowly slows claiming instead of letting
+unrecorded outcomes pile up.
 """
 
 from __future__ import annotations
@@ -34,14 +39,12 @@ from app.store.deliveries import ClaimedDelivery
 
 log = logging.getLogger("tidings.worker")
 Result = tuple[ClaimedDelivery, AttemptOutcome]
-# When claiming waits for slots, wait this long after the first frees for others to free too.
-SLOT_GATHER_SECONDS = 0.005
 # Recording waits up to this long after an attempt finishes, for others to record with it: every
 # transaction saved is one that accepted events do not queue behind under `serve` on SQLite
-# (e2e p50 at 500/s 31 -> 25 ms). It records at once when `RECORD_AT_ONCE` results (at most
-# `concurrency`) are waiting, so a killed worker has no more unrecorded attempts than before,
-# and when an attempt to an ordered endpoint has finished: the endpoint's next delivery is due
-# only once that outcome is recorded.
+# (e2e p50 at 500/s 31 -> 25 ms). It records at once when `RECORD_AT_ONCE` results are waiting
+# (fewer when that many would hold the slots a claim waits for), and when an attempt to an
+# ordered endpoint has finished: the endpoint's next delivery is due only once that outcome is
+# recorded.
 RECORD_GATHER_SECONDS = 0.025
 RECORD_AT_ONCE = 64
 
@@ -92,9 +95,10 @@ class Worker:
         self._in_flight: dict[asyncio.Task[Result], ClaimedDelivery] = {}
         self._slot_freed = asyncio.Event()
         self._finished: list[Result] = []
+        self._unrecorded = 0  # finished attempts whose outcome is not recorded yet: slots held
         self._finished_ready = asyncio.Event()
         self._record_now = asyncio.Event()
-        self._record_at_once = min(RECORD_AT_ONCE, self._settings.concurrency)
+        self._record_at_once = min(RECORD_AT_ONCE, self._claim_threshold())
         self._recording_closed = False
         # Expired leases (a worker died) are rare: looked for once per poll interval.
         self._next_lease_sweep = datetime.min.replace(tzinfo=UTC)
@@ -120,20 +124,20 @@ class Worker:
     async def run(self) -> None:
         """Deliver until `stop` is called."""
         recorder = asyncio.ensure_future(self._record_continuously())
-        threshold = max(1, min(self._settings.batch_size, self._settings.concurrency) // 2)
         while not self._stopping.is_set():
             try:
-                await self._wait(await self._claim_and_start(threshold))
+                await self._wait(await self._claim_and_start())
             except Exception as error:  # the worker must outlive a database outage
                 await self._back_off(error)
         await self._drain(recorder)
 
-    async def _claim_and_start(self, threshold: int) -> _Next:
-        """Claim (when at least `threshold` slots are free, or nothing is in flight) and
-        start the attempts; what to wait for next."""
-        self._slot_freed.clear()  # from here on, a finished attempt counts for the next wait
-        free = self._settings.concurrency - len(self._in_flight)
-        if free < threshold and self._in_flight:
+    async def _claim_and_start(self) -> _Next:
+        """Claim (when enough slots are free, or none is held) and start the attempts; what
+        to wait for next."""
+        self._slot_freed.clear()  # from here on, a freed slot counts for the next wait
+        threshold = self._claim_threshold()
+        free = self._free_slots()
+        if free < threshold and free < self._settings.concurrency:
             return _Next.SLOTS
         limit = min(free, self._settings.batch_size)
         claimed, more_due = await self._claim(limit)
@@ -143,8 +147,15 @@ class Worker:
             task.add_done_callback(self._finished_attempt)
         if not more_due:
             return _Next.WAKE
-        room = self._settings.concurrency - len(self._in_flight) >= threshold
+        room = self._free_slots() >= threshold
         return _Next.CLAIM if room and len(claimed) == limit else _Next.SLOTS
+
+    def _claim_threshold(self) -> int:
+        """A claim waits until this many slots are free (or none is held)."""
+        return max(1, min(self._settings.batch_size, self._settings.concurrency) // 2)
+
+    def _free_slots(self) -> int:
+        return self._settings.concurrency - len(self._in_flight) - self._unrecorded
 
     def _finished_attempt(self, task: asyncio.Task[Result]) -> None:
         del self._in_flight[task]
@@ -153,14 +164,15 @@ class Worker:
         error = task.exception()
         if error is not None:  # a bug, not an outcome: the lease runs out, and it is sent again
             log.error("attempt failed unexpectedly", exc_info=error)
-        else:
-            result = task.result()
-            self._finished.append(result)
-            self._finished_ready.set()
-            # An ordered endpoint's next delivery waits for this one's outcome to be recorded.
-            if len(self._finished) >= self._record_at_once or result[0].endpoint.ordered:
-                self._record_now.set()
-        self._slot_freed.set()
+            self._slot_freed.set()
+            return
+        result = task.result()
+        self._finished.append(result)
+        self._unrecorded += 1  # its slot is freed once the outcome is recorded
+        self._finished_ready.set()
+        # An ordered endpoint's next delivery waits for this one's outcome to be recorded.
+        if len(self._finished) >= self._record_at_once or result[0].endpoint.ordered:
+            self._record_now.set()
 
     async def _wait(self, next_: _Next) -> None:
         """Until the next claim is worth making (see `_Next`), or the poll interval passes."""
@@ -169,13 +181,11 @@ class Worker:
         waiting = {asyncio.ensure_future(self._wake.wait())}
         if next_ is _Next.SLOTS:
             waiting.add(asyncio.ensure_future(self._slot_freed.wait()))
-        done, _ = await asyncio.wait(
+        await asyncio.wait(
             waiting, timeout=self._wait_at_most(), return_when=asyncio.FIRST_COMPLETED
         )
         for waiter in waiting:
             waiter.cancel()
-        if not self._wake.is_set() and done:
-            await asyncio.sleep(SLOT_GATHER_SECONDS)
         self._wake.clear()
 
     def _wait_at_most(self) -> float:
@@ -199,6 +209,9 @@ class Worker:
                 await self._record(results)
             except Exception as error:
                 await self._back_off(error)
+            finally:  # recorded, or left leased to be sent again: either way the slots are free
+                self._unrecorded -= len(results)
+                self._slot_freed.set()
 
     async def _back_off(self, error: Exception) -> None:
         """Log a failed claim or record and wait a poll interval. Attempts whose outcome could

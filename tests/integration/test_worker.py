@@ -472,3 +472,41 @@ async def test_a_worker_that_lost_its_lease_does_not_report_the_delivery_failed(
     assert await reports() == [], "the stale worker's verdict is not the delivery's"
     await delivering.worker._record([(fresh, aborted)])
     assert len(await reports()) == 1, "the current claim's is"
+
+
+async def test_unrecorded_outcomes_hold_their_slots(
+    delivering: Delivering, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the database does not record outcomes, the worker sends no more than its
+    concurrency: that is all a killed worker can have sent without recording it."""
+    endpoint = await delivering.endpoint("/held")
+    for index in range(10):
+        await delivering.publish(idempotency_key=f"h{index}")
+    delivering.worker._settings = type(delivering.worker._settings)(
+        concurrency=4, poll_seconds=0.05
+    )
+    recording = asyncio.Event()
+    record = delivering.worker._record
+
+    async def stalled_record(results: Any) -> None:
+        await recording.wait()
+        await record(results)
+
+    monkeypatch.setattr(delivering.worker, "_record", stalled_record)
+    running = asyncio.create_task(delivering.worker.run())
+    try:
+        async with asyncio.timeout(5):
+            while len(delivering.receiver.at("/held")) < 4:
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(0.5)  # ten poll intervals: room to claim, were slots free
+        assert len(delivering.receiver.at("/held")) == 4
+        recording.set()
+        async with asyncio.timeout(5):
+            while len(delivering.receiver.at("/held")) < 10:
+                await asyncio.sleep(0.02)
+    finally:
+        recording.set()
+        delivering.worker.stop()
+        await asyncio.wait_for(running, 5)
+    assert {d["status"] for d in await delivering.deliveries(endpoint["id"])} == {"succeeded"}
+    assert len(delivering.receiver.at("/held")) == 10  # each sent once
