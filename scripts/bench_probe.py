@@ -12,6 +12,7 @@ print. Run from the repository root with the project's virtualenv:
     .venv/bin/python scripts/bench_probe.py bundles --seconds 6         # `api` on SQLite
     .venv/bin/python scripts/bench_probe.py bundles --postgres --pushes 8
     .venv/bin/python scripts/bench_probe.py events --seconds 6          # `api` on SQLite
+    .venv/bin/python scripts/bench_probe.py commit --seconds 6          # no HTTP, SQLite
 
 drain: `tidings worker` processes drain N pending deliveries to 10 endpoints of the fast
 receiver, held until the workers have started, then released at once; prints the rate from the
@@ -39,6 +40,13 @@ bundles: `bench.py`'s ingest of 500-change FHIR history Bundles alone, for `--se
 
 events: `bench.py`'s ingest of single events through `POST /v1/events` alone (32 clients at a
 time), for `--seconds`, into `tidings api`; prints the rate and the API's CPU time per event.
+
+commit: what `POST /v1/events` does after parsing, alone: the same events from 16 publishers
+at a time (the rounds of about 16 that `bench.py`'s 32 clients make through HTTP) handed to an
+`EventCommitter` in this process (with the SQLite checkpointer the API
+runs), for `--seconds`; prints the rate, the mean commit round and this process's CPU time per
+event (every thread), and on PostgreSQL the server's. No HTTP and no other process on the
+loop: the store's share of the events route, steadier than `events` on a noisy machine.
 """
 
 from __future__ import annotations
@@ -57,6 +65,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from ipaddress import ip_network
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -88,14 +97,22 @@ from bench_seed import (
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.cli import WORKER_GC_YOUNG_THRESHOLD, tune_garbage_collector
+from app.config import Settings
 from app.delivery.sender import Sender
-from app.domain.models import DeliveryStatus
+from app.domain import ids
+from app.domain.catalog import load_catalog
+from app.domain.matching import CriteriaCache
+from app.domain.models import DeliveryStatus, Event
 from app.domain.retry import AttemptOutcome
 from app.store import deliveries as queue
-from app.store.db import make_session_factory, transaction
+from app.store import outbox
+from app.store.db import make_engine, make_session_factory, transaction
 from app.store.deliveries import AttemptRecord, ClaimedDelivery
+from app.store.group_commit import EventCommitter
+from app.store.sqlite_checkpoints import checkpointer_for
 
 RATE = 500
+COMMIT_PUBLISHERS = 16
 
 
 async def held_queue(
@@ -321,6 +338,77 @@ async def events(args: argparse.Namespace, work: Path, receiver: Receiver) -> No
     )
 
 
+async def commit(args: argparse.Namespace, work: Path, receiver: Receiver) -> None:
+    database = await _database(args, work, "probe_commit")
+    await bench_api.ingest_api(Bench(QUICK, work, receiver), database)  # its organization
+    engine = make_engine(database.url)
+    checkpointer = checkpointer_for(database.url)
+    if checkpointer is not None:
+        checkpointer.start()
+    committer = _Counted(
+        make_session_factory(engine),
+        load_catalog(Settings().catalog_paths),
+        CriteriaCache(),
+        lambda: datetime.now(UTC),
+    )
+    try:
+        await _publish_for(committer, 1.0)  # warm-up: caches, prepared statements
+        committer.rounds.clear()
+        cpu, server = time.process_time(), postgres_cpu_seconds()
+        stored = await _publish_for(committer, args.seconds)
+        cpu, server = time.process_time() - cpu, postgres_cpu_seconds() - server
+    finally:
+        if checkpointer is not None:
+            checkpointer.stop()
+        await engine.dispose()
+        await _drop(database)
+    rounds = committer.rounds
+    server_part = f", server CPU {server / stored * 1e6:.0f} µs" if database.pg_name else ""
+    print(
+        f"commit {_kind(args)}, {COMMIT_PUBLISHERS} at a time for {args.seconds:g} s: "
+        f"{stored / args.seconds:,.0f} events/s, rounds of {sum(rounds) / len(rounds):.1f}; "
+        f"CPU {cpu / stored * 1e6:.0f} µs{server_part} per event"
+    )
+
+
+class _Counted(EventCommitter):
+    """An `EventCommitter` that keeps the size of every commit round."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.rounds: list[int] = []
+
+    async def _commit(self, round_: list[Any]) -> None:
+        self.rounds.append(len(round_))
+        await super()._commit(round_)
+
+
+async def _publish_for(committer: EventCommitter, seconds: float) -> int:
+    """`bench.py`'s flow events into the committer from `COMMIT_PUBLISHERS` publishers for
+    `seconds`; how many were stored."""
+    deadline = time.perf_counter() + seconds
+    numbers = iter(range(1 << 62))
+
+    async def publisher() -> int:
+        stored = 0
+        while time.perf_counter() < deadline:
+            body = bench_api.flow_event(next(numbers))
+            event = Event(
+                id=ids.new_id("evt"),
+                organization_id="ingest",
+                type=body["type"],
+                occurred_at=datetime.now(UTC),
+                data=body["data"],
+                source="api",
+            )
+            assert await committer.store(outbox.NewEvent(event)) is None, "a duplicate"
+            stored += 1
+        return stored
+
+    lanes = [publisher() for _ in range(COMMIT_PUBLISHERS)]
+    return sum(await asyncio.gather(*lanes))
+
+
 async def _ingest(
     args: argparse.Namespace,
     work: Path,
@@ -382,6 +470,7 @@ async def _run(args: argparse.Namespace) -> None:
             "queue": queue_steps,
             "bundles": bundles,
             "events": events,
+            "commit": commit,
         }
         await probes[args.probe](args, work, receiver)
     finally:
@@ -392,7 +481,9 @@ async def _run(args: argparse.Namespace) -> None:
 def main() -> None:
     """Run one probe and print its result."""
     parser = argparse.ArgumentParser(description="Tidings probes (see the module docstring).")
-    parser.add_argument("probe", choices=["drain", "e2e", "sender", "queue", "bundles", "events"])
+    parser.add_argument(
+        "probe", choices=["drain", "e2e", "sender", "queue", "bundles", "events", "commit"]
+    )
     parser.add_argument("--postgres", action="store_true", help="PostgreSQL instead of SQLite")
     parser.add_argument("--workers", type=int, default=1, help="drain: worker processes")
     parser.add_argument("--deliveries", type=int, default=20_000, help="drain, queue: length")
@@ -406,7 +497,7 @@ def main() -> None:
         help="drain, queue: this many more ordered endpoints, with nothing to deliver",
     )
     parser.add_argument(
-        "--seconds", type=float, default=10, help="e2e, bundles, events: measured seconds"
+        "--seconds", type=float, default=10, help="e2e, bundles, events, commit: measured seconds"
     )
     parser.add_argument("--pushes", type=int, default=0, help="bundles: pushes at a time")
     parser.add_argument("--requests", type=int, default=20_000, help="sender: per round")

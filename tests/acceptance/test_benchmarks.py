@@ -90,3 +90,21 @@ def test_the_ingest_probes_run_without_errors(probe: str, unit: str) -> None:
     )
     assert found, done.stdout
     assert int(found.group(1).replace(",", "")) > 0 and found.group(2) == "0", done.stdout
+
+
+@pytest.mark.acceptance
+@pytest.mark.postgres
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_the_commit_probe_stores_every_event_in_rounds(database: str) -> None:
+    flags = ["--postgres"] if database == "postgres" else []
+    done = run_script("scripts/bench_probe.py", "commit", *flags, "--seconds", "1", timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    kind = "PostgreSQL" if database == "postgres" else "SQLite"
+    found = re.search(
+        rf"commit {kind}, 16 at a time for 1 s: ([\d,]+) events/s, rounds of ([\d.]+); "
+        r"CPU \d+ µs",
+        done.stdout,
+    )
+    assert found, done.stdout
+    assert int(found.group(1).replace(",", "")) > 0, done.stdout
+    assert 1 <= float(found.group(2)) <= 16, done.stdout
