@@ -43,10 +43,10 @@ time), for `--seconds`, into `tidings api`; prints the rate and the API's CPU ti
 
 commit: what `POST /v1/events` does after parsing, alone: the same events from 16 publishers
 at a time (the rounds of about 16 that `bench.py`'s 32 clients make through HTTP) handed to an
-`EventCommitter` in this process (with the SQLite checkpointer the API
-runs), for `--seconds`; prints the rate, the mean commit round and this process's CPU time per
-event (every thread), and on PostgreSQL the server's. No HTTP and no other process on the
-loop: the store's share of the events route, steadier than `events` on a noisy machine.
+`EventCommitter` in this process, with the SQLite checkpointer the API runs, for `--seconds`;
+prints the rate, the mean commit round and this process's CPU time per event (every thread),
+and on PostgreSQL the server's. No HTTP and no other process on the loop: the store's share of
+the events route, steadier than `events` on a noisy machine.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import itertools
 import os
 import shutil
 import subprocess
@@ -354,9 +355,10 @@ async def commit(args: argparse.Namespace, work: Path, receiver: Receiver) -> No
     try:
         await _publish_for(committer, 1.0)  # warm-up: caches, prepared statements
         committer.rounds.clear()
-        cpu, server = time.process_time(), postgres_cpu_seconds()
+        wall, cpu, server = time.perf_counter(), time.process_time(), postgres_cpu_seconds()
         stored = await _publish_for(committer, args.seconds)
-        cpu, server = time.process_time() - cpu, postgres_cpu_seconds() - server
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        server = postgres_cpu_seconds() - server
     finally:
         if checkpointer is not None:
             checkpointer.stop()
@@ -366,7 +368,7 @@ async def commit(args: argparse.Namespace, work: Path, receiver: Receiver) -> No
     server_part = f", server CPU {server / stored * 1e6:.0f} µs" if database.pg_name else ""
     print(
         f"commit {_kind(args)}, {COMMIT_PUBLISHERS} at a time for {args.seconds:g} s: "
-        f"{stored / args.seconds:,.0f} events/s, rounds of {sum(rounds) / len(rounds):.1f}; "
+        f"{stored / wall:,.0f} events/s, rounds of {sum(rounds) / len(rounds):.1f}; "
         f"CPU {cpu / stored * 1e6:.0f} µs{server_part} per event"
     )
 
@@ -387,7 +389,7 @@ async def _publish_for(committer: EventCommitter, seconds: float) -> int:
     """`bench.py`'s flow events into the committer from `COMMIT_PUBLISHERS` publishers for
     `seconds`; how many were stored."""
     deadline = time.perf_counter() + seconds
-    numbers = iter(range(1 << 62))
+    numbers = itertools.count()
 
     async def publisher() -> int:
         stored = 0
@@ -395,13 +397,14 @@ async def _publish_for(committer: EventCommitter, seconds: float) -> int:
             body = bench_api.flow_event(next(numbers))
             event = Event(
                 id=ids.new_id("evt"),
-                organization_id="ingest",
+                organization_id="ingest",  # `bench_api.ingest_api`'s organization
                 type=body["type"],
                 occurred_at=datetime.now(UTC),
                 data=body["data"],
                 source="api",
             )
-            assert await committer.store(outbox.NewEvent(event)) is None, "a duplicate"
+            if await committer.store(outbox.NewEvent(event)) is not None:
+                raise RuntimeError(f"event {event.id} was taken for a duplicate")
             stored += 1
         return stored
 
