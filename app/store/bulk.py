@@ -8,7 +8,8 @@ engine's dialect with SQLAlchemy, so the text, the casts and the RETURNING are t
 SQLAlchemy would send; takes rows as tuples in the order of its parameters; converts the
 values whose parameter type has a bind processor with that same processor, so the stored
 values are exactly those of `connection.execute(statement, dicts)`; and passes the result to
-the driver with `exec_driver_sql`:
+the driver (on SQLite straight, `sqlite_driver.execute_on_driver`; on PostgreSQL with
+`exec_driver_sql`):
 
 - a plain INSERT on SQLite: from `PAGE_ROWS` rows up, one executemany of a multi-row VALUES
   statement of exactly that many rows, for every whole page, and one executemany of the rest.
@@ -37,6 +38,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.store.sqlite_driver import execute_on_driver, runs_one_trip
 
 # The placeholder of one value, by the dialect's paramstyle (SQLite: qmark, asyncpg: $1, $2...).
 _PLACEHOLDERS = {"qmark": r"\?", "numeric_dollar": r"\$\d+"}
@@ -92,10 +95,10 @@ class BulkStatement:
         if compiled.pieces and len(parameters) >= page_rows:
             whole = len(parameters) - len(parameters) % page_rows
             pages = [_flat(parameters[at : at + page_rows]) for at in range(0, whole, page_rows)]
-            await connection.exec_driver_sql(compiled.text_for(page_rows), pages)
+            await _execute(connection, compiled.text_for(page_rows), pages, many=True)
             parameters = parameters[whole:]
         if parameters:
-            await connection.exec_driver_sql(compiled.text, parameters)
+            await _execute(connection, compiled.text, parameters, many=True)
         return []
 
     async def _returning(
@@ -106,8 +109,9 @@ class BulkStatement:
         page_rows = _page_rows(connection.dialect, len(self.columns))
         for start in range(0, len(parameters), page_rows):
             page = parameters[start : start + page_rows]
-            result = await connection.exec_driver_sql(compiled.text_for(len(page)), _flat(page))
-            returned += result.all()
+            returned += await _execute(
+                connection, compiled.text_for(len(page)), _flat(page), many=False
+            )
         return returned
 
     def _compiled_for(self, dialect: Dialect) -> _Compiled:
@@ -221,6 +225,18 @@ def _over_arrays(text: str, casts: Sequence[str], insert: bool) -> str:
         text = re.sub(re.escape(cast) + r"(?=[,) ]|$)", f"_rows.p{number}", text)
     names = ", ".join(f"p{number}" for number in range(1, len(casts) + 1))
     return text.replace(" WHERE ", f" FROM unnest({arrays}) AS _rows({names}) WHERE ")
+
+
+async def _execute(
+    connection: AsyncConnection, text: str, parameters: Any, *, many: bool
+) -> list[Any]:
+    """Run the driver-ready `text`: an executemany (returning nothing) or one execution (its
+    rows). On SQLite (`make_engine`'s) straight on the driver (`sqlite_driver`); elsewhere
+    through `exec_driver_sql` (on PostgreSQL the trip to the server is the larger part)."""
+    if runs_one_trip(connection):
+        return await execute_on_driver(connection, text, parameters, many=many)
+    result = await connection.exec_driver_sql(text, parameters)
+    return [] if many else list(result.all())
 
 
 def _flat(rows: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:

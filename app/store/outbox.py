@@ -15,7 +15,7 @@ the same key cannot both store an event, on PostgreSQL as on SQLite.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import islice
@@ -140,7 +140,7 @@ async def insert_events_with_deliveries(
         counts.append(len(new_rows))
         unnamed += new_rows
     rows = _named(unnamed)
-    await _store_deliveries(session, rows, now)
+    await _store_deliveries(session, rows, now, candidates=candidates.values())
     delivery_ids = (row[0] for row in rows)
     return [None if count is None else list(islice(delivery_ids, count)) for count in counts]
 
@@ -213,18 +213,46 @@ async def _delivery_rows(
 
 
 async def _store_deliveries(
-    session: AsyncSession, rows: Sequence[tuple[Any, ...]], now: datetime
+    session: AsyncSession,
+    rows: Sequence[tuple[Any, ...]],
+    now: datetime,
+    *,
+    candidates: Iterable[Sequence[Endpoint]] = (),
 ) -> None:
     """Insert named delivery rows, those to an ordered endpoint held (no `next_attempt_at`),
     and move those endpoints' queues on (`ordered_queues`): an idle one's earliest is due at
-    once. Whether an endpoint is ordered is read here, as they are stored
-    (`endpoints.ordered_among`), not from a cache."""
-    ordered = await ordered_among(session, {row[_ENDPOINT_AT] for row in rows})
+    once.
+
+    Whether an endpoint is ordered is known as of this transaction, never from an older view.
+    On PostgreSQL it is read here, as the rows are stored (`endpoints.ordered_among`, under
+    the lock a change of `ordered` waits for). On SQLite, `candidates` (the endpoints the
+    rows were matched against, `CANDIDATES.candidates_at`) say it when they name every
+    endpoint of the rows: they are the endpoints as of the `endpoints_version` the event
+    INSERT read, and since that INSERT this transaction has held SQLite's only write lock,
+    so no change to an endpoint (each gives a new version) can have come in between.
+    """
+    endpoint_ids = {row[_ENDPOINT_AT] for row in rows}
+    ordered = _ordered_as_matched(session, endpoint_ids, candidates)
+    if ordered is None:
+        ordered = await ordered_among(session, endpoint_ids)
     if ordered:
         rows = [_as_held(row) if row[_ENDPOINT_AT] in ordered else row for row in rows]
     await _INSERT_DELIVERIES.execute(session, rows)
     if ordered:
         await ordered_queues.move_on(session, ordered, now)
+
+
+def _ordered_as_matched(
+    session: AsyncSession, endpoint_ids: set[str], candidates: Iterable[Sequence[Endpoint]]
+) -> set[str] | None:
+    """On SQLite, which of `endpoint_ids` are ordered according to `candidates`, when those
+    name them all (see `_store_deliveries`); else None: read them."""
+    if session.get_bind().dialect.name != "sqlite":
+        return None
+    matched = {endpoint.id: endpoint.ordered for found in candidates for endpoint in found}
+    if not endpoint_ids <= matched.keys():
+        return None
+    return {endpoint_id for endpoint_id in endpoint_ids if matched[endpoint_id]}
 
 
 def _as_held(row: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import aiosqlite
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -206,7 +207,7 @@ async def test_deliveries_are_stored_as_sqlalchemy_stores_them(store: Store) -> 
 
 @pytest.mark.parametrize("count", [PAGE_ROWS, 2 * PAGE_ROWS + 5])
 async def test_many_deliveries_are_stored_as_sqlalchemy_stores_them(
-    store: Store, count: int
+    store: Store, count: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Enough rows for pages of multi-row VALUES on SQLite: whole pages, and some more."""
     event_id = event_rows()[0]["id"]
@@ -228,22 +229,20 @@ async def test_many_deliveries_are_stored_as_sqlalchemy_stores_them(
         )
         for n in range(count)
     ]
-    pages: list[int] = []  # rows of VALUES per statement run
+    pages: list[int] = []  # rows of VALUES per statement SQLite ran
+    run_on_thread = aiosqlite.Connection._execute
 
-    def seen(
-        _conn: Any, _cursor: Any, statement: str, _params: Any, _context: Any, _many: bool
-    ) -> None:
-        if statement.startswith("INSERT INTO delivery"):
+    async def seen(self: aiosqlite.Connection, function: Callable[..., Any], *args: Any) -> Any:
+        statement = args[1] if len(args) > 1 else None
+        if isinstance(statement, str) and statement.startswith("INSERT INTO delivery"):
             pages.append(statement.count("), (") + 1)
+        return await run_on_thread(self, function, *args)
 
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", seen)
+    stored = await stored_both_ways(
+        store, outbox._INSERT_DELIVERIES, outbox._delivery, rows, events_stored
+    )
     engine = store.sessions.kw["bind"].sync_engine
-    sa.event.listen(engine, "before_cursor_execute", seen)
-    try:
-        stored = await stored_both_ways(
-            store, outbox._INSERT_DELIVERIES, outbox._delivery, rows, events_stored
-        )
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", seen)
     assert len(stored["delivery"]) == len(rows)
     if engine.dialect.name == "sqlite":  # PostgreSQL takes them all in one statement
         assert PAGE_ROWS in pages, pages

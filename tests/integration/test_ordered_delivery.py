@@ -495,3 +495,28 @@ async def test_enabling_an_endpoint_that_reports_to_another_ordered_one_does_not
     await storing
     assert await scheduled_numbers(delivering, enabled["id"]) == [0]
     assert await delivering.drain() == 3
+
+
+async def test_deliveries_stored_after_a_switch_follow_it_though_the_endpoints_were_cached(
+    delivering: Delivering,
+) -> None:
+    """Publishing reads the endpoints once and caches them; a switch of `ordered` afterwards
+    still decides how the next events' deliveries are stored, both ways."""
+    endpoint = await delivering.endpoint("/cached")
+    await publish_numbered(delivering, 0)  # the endpoints are read and cached
+    assert await delivering.drain() == 1
+    for ordered, numbers in ((True, (1, 2)), (False, (3, 4))):
+        path, change = f"/v1/endpoints/{endpoint['id']}", {"ordered": ordered}
+        response = await delivering.api.call("PATCH", path, delivering.partner, json=change)
+        assert response.status_code == 200
+        for number in numbers:
+            await publish_numbered(delivering, number)
+        pending = [
+            d["next_attempt_at"]
+            for d in await delivering.deliveries(endpoint["id"])
+            if d["status"] == "pending"
+        ]
+        # Ordered: the earlier of the two is due, the later held; not ordered: both due.
+        assert len(pending) == 2 and pending.count(None) == (1 if ordered else 0), pending
+        assert await delivering.drain() == 2
+    assert numbers_received(delivering, "/cached") == [0, 1, 2, 3, 4]

@@ -6,6 +6,7 @@ import asyncio
 from datetime import datetime
 from typing import Any
 
+import aiosqlite
 import pytest
 import sqlalchemy as sa
 from sqlmodel import select
@@ -114,3 +115,38 @@ async def test_an_unknown_type_is_refused(api: Api) -> None:
     event = Event(ids.new_id("evt"), "acme", "no.such.type", api.clock(), data={})
     with pytest.raises(ValueError, match="unknown event type"):
         await store(api, event)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_on_sqlite_storing_events_with_cached_endpoints_takes_three_trips(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Insert the events (which reads the endpoints' version), insert the deliveries, commit:
+    with the endpoints cached at that version, nothing else goes to the database, not even
+    their `ordered` flags, which the cached endpoints tell as of this transaction."""
+    await add_endpoints(api, "acme", 2, ["ping"])
+    services = services_of(api)
+    criteria = CriteriaCache()
+
+    async def store_round(events: list[Event]) -> list[list[str] | None]:
+        async with transaction(services.sessions) as session:
+            return await outbox.insert_events_with_deliveries(
+                session,
+                [outbox.NewEvent(event) for event in events],
+                catalog=services.catalog,
+                criteria_cache=criteria,
+                now=api.clock(),
+            )
+
+    await store_round([ping()])  # reads and caches the endpoints
+    trips: list[str] = []
+    run_on_thread = aiosqlite.Connection._execute
+
+    async def counted(self: aiosqlite.Connection, function: Any, *args: Any) -> Any:
+        trips.append(args[1].split()[0] if len(args) > 1 else function.__name__)
+        return await run_on_thread(self, function, *args)
+
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+    stored = await store_round([ping(), ping()])
+    assert [len(ids_ or []) for ids_ in stored] == [2, 2]
+    assert trips == ["INSERT", "INSERT", "commit"]

@@ -1,7 +1,9 @@
 """SQLite through aiosqlite (`app/store/sqlite_driver.py`): one trip to the driver's thread per
 statement, none to commit or roll back when SQLite has no transaction open, and what a
-transaction wrote is committed or rolled back all the same. And `db.transaction` runs work
-registered with `before_commit` once, last, inside the transaction, and not when it fails."""
+transaction wrote is committed or rolled back all the same; a `BulkStatement` runs straight on
+the driver, one trip a statement, and its errors are SQLAlchemy's. And `db.transaction` runs
+work registered with `before_commit` once, last, inside the transaction, and not when it
+fails."""
 
 from __future__ import annotations
 
@@ -13,9 +15,11 @@ from typing import Any
 import aiosqlite
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.store.bulk import PAGE_ROWS, BulkStatement
 from app.store.db import (
     SessionFactory,
     before_commit,
@@ -98,6 +102,51 @@ async def test_a_session_closed_mid_transaction_leaves_nothing_behind(engine: As
 
 async def write(session: AsyncSession, text: str) -> None:
     await session.exec(sa.text("INSERT INTO note (text) VALUES (:text)"), params={"text": text})
+
+
+NOTE = sa.Table(
+    "note", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True), sa.Column("text", sa.Text)
+)
+INSERT_NOTES = BulkStatement(sa.insert(NOTE), ("id", "text"))
+INSERT_NOTES_RETURNING = BulkStatement(sa.insert(NOTE).returning(NOTE.c.id), ("id", "text"))
+
+
+async def test_a_bulk_statement_runs_on_the_driver_one_trip_a_statement(
+    engine: AsyncEngine, trips: collections.Counter[str]
+) -> None:
+    sessions = make_session_factory(engine)
+    await notes(sessions)
+    through_sqlalchemy: list[str] = []
+    sa.event.listen(
+        engine.sync_engine,
+        "before_cursor_execute",
+        lambda _conn, _cursor, statement, *_: through_sqlalchemy.append(statement),
+    )
+    trips.clear()
+    rows = [(n, f"note {n}") for n in range(1, PAGE_ROWS + 3)]  # a page, and 2 rows more
+    async with transaction(sessions) as session:
+        assert await INSERT_NOTES.execute(session, rows) == []
+        returned = await INSERT_NOTES_RETURNING.execute(session, [(100, "returned")])
+    assert [tuple(row) for row in returned] == [(100,)]
+    assert dict(trips) == {"_execute_many": 2, "_execute": 1, "commit": 1}
+    assert through_sqlalchemy == []
+    assert await notes(sessions) == [text for _, text in rows] + ["returned"]
+
+
+async def test_a_bulk_statement_fails_as_sqlalchemy_would_and_nothing_is_kept(
+    engine: AsyncEngine,
+) -> None:
+    sessions = make_session_factory(engine)
+    with pytest.raises(IntegrityError) as raised:
+        async with transaction(sessions) as session:
+            await INSERT_NOTES.execute(session, [(1, "first")])
+            await INSERT_NOTES.execute(session, [(2, "second"), (1, "the same id")])
+    assert "UNIQUE constraint failed: note.id" in str(raised.value.orig)
+    assert raised.value.statement is not None and "INSERT INTO note" in raised.value.statement
+    assert await notes(sessions) == []
+    async with transaction(sessions) as session:  # the connection is usable again
+        await INSERT_NOTES.execute(session, [(1, "kept")])
+    assert await notes(sessions) == ["kept"]
 
 
 async def test_work_before_commit_runs_once_after_the_rest_and_commits_with_it(
