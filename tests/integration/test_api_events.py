@@ -198,6 +198,23 @@ async def test_an_oversized_body_is_a_413(api: Api) -> None:
     assert await stored_event_types(api) == {}
 
 
+async def test_a_body_that_stops_arriving_is_a_408_and_stores_nothing(api: Api) -> None:
+    source = await api.key("acme", "source")
+    api.app.config["BODY_TIMEOUT"] = 0.2
+    headers = {"Authorization": f"Bearer {source}", "Content-Type": "application/json"}
+    try:
+        async with api.client.request("/v1/events", method="POST", headers=headers) as sending:
+            await sending.send(b'{"type": "ping", "da')  # and nothing more
+            async with asyncio.timeout(5):
+                await sending.receive()  # the answer's body: sent once the timeout ran out
+            response = await sending.as_response()
+    finally:
+        api.app.config["BODY_TIMEOUT"] = 60
+    assert response.status_code == 408
+    assert response.content_type == "application/problem+json"
+    assert await stored_event_types(api) == {}
+
+
 async def test_roles(api: Api) -> None:
     partner, reader = await api.key("acme"), await api.key("acme", "reader")
     source, admin = await api.key("acme", "source"), await api.key("ops", "admin")
