@@ -13,6 +13,7 @@ print. Run from the repository root with the project's virtualenv:
     .venv/bin/python scripts/bench_probe.py bundles --postgres --pushes 8
     .venv/bin/python scripts/bench_probe.py events --seconds 6          # `api` on SQLite
     .venv/bin/python scripts/bench_probe.py commit --seconds 6          # no HTTP, SQLite
+    .venv/bin/python scripts/bench_probe.py route --requests 4000       # no server, SQLite
 
 drain: `tidings worker` processes drain N pending deliveries to 10 endpoints of the fast
 receiver, held until the workers have started, then released at once; prints the rate from the
@@ -47,6 +48,14 @@ at a time (the rounds of about 16 that `bench.py`'s 32 clients make through HTTP
 prints the rate, the mean commit round and this process's CPU time per event (every thread),
 and on PostgreSQL the server's. No HTTP and no other process on the loop: the store's share of
 the events route, steadier than `events` on a noisy machine.
+
+route: `POST /v1/events` called in this process through ASGI, with no server and no client
+(no Hypercorn, no sockets), 16 requests at a time, in turns with `bench.py`'s no-op Quart route
+(`bench_noop.py`), 5 rounds of `--requests` each, after the garbage-collector tuning the CLI
+applies; prints each round's CPU time of the event loop's thread per request (the thread whose
+time bounds the rate), and once with the store left out (the route up to
+`EventCommitter.store`, which answers at once). What the route costs beyond Quart's own work,
+steadier than `events` on a noisy machine.
 """
 
 from __future__ import annotations
@@ -55,6 +64,7 @@ import argparse
 import asyncio
 import dataclasses
 import itertools
+import json
 import os
 import shutil
 import subprocess
@@ -72,6 +82,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import aiohttp
 import bench_api
+import bench_noop
 from bench_delivery import drain_held, run_closed, signed_requests
 from bench_env import (
     QUICK,
@@ -105,6 +116,7 @@ from app.domain.catalog import load_catalog
 from app.domain.matching import CriteriaCache
 from app.domain.models import DeliveryStatus, Event
 from app.domain.retry import AttemptOutcome
+from app.factory import create_app
 from app.store import deliveries as queue
 from app.store import outbox
 from app.store.db import make_engine, make_session_factory, transaction
@@ -412,6 +424,103 @@ async def _publish_for(committer: EventCommitter, seconds: float) -> int:
     return sum(await asyncio.gather(*lanes))
 
 
+ROUTE_CONCURRENCY = 16
+
+
+async def route(args: argparse.Namespace, work: Path, receiver: Receiver) -> None:
+    database = await _database(args, work, "probe_route")
+    _, key = await bench_api.ingest_api(Bench(QUICK, work, receiver), database)
+    settings = Settings(database_url=database.url, secret_key="probe-" * 8)
+    apps = {"no-op": bench_noop.build_app(), "events": create_app(settings)}
+    apps["events, store left out"] = create_app(settings)
+    apps["events, store left out"].extensions["tidings"].event_committer = _AnswersAtOnce()
+    for app in apps.values():
+        await app.startup()
+    try:
+        tune_garbage_collector()
+        numbers = itertools.count()
+        for app in apps.values():  # warm-up: caches, the key, prepared statements
+            await _call_route(app, key, numbers, 500)
+        seconds: dict[str, list[float]] = {name: [] for name in apps}
+        for _ in range(5):
+            for name, app in apps.items():
+                seconds[name].append(await _call_route(app, key, numbers, args.requests))
+    finally:
+        for app in apps.values():
+            await app.shutdown()
+        await _drop(database)
+    print(
+        f"route {_kind(args)}, {ROUTE_CONCURRENCY} at a time, 5 rounds of {args.requests:,}: "
+        "CPU of the event loop's thread per request"
+    )
+    noop = sorted(seconds["no-op"])[2]
+    for name, rounds in seconds.items():
+        median = sorted(rounds)[2]
+        each = " / ".join(f"{value * 1e6:.0f}" for value in rounds)
+        print(f"  {name:24s} {each} µs; median {median / noop:.2f} times the no-op route's")
+
+
+class _AnswersAtOnce:
+    """Stands in for the `EventCommitter`: every event is new, nothing is stored."""
+
+    async def store(self, item: outbox.NewEvent) -> None:
+        return None
+
+
+async def _call_route(app: Any, key: str, numbers: Iterator[int], count: int) -> float:
+    """`count` flow events POSTed to `app` through ASGI, `ROUTE_CONCURRENCY` at a time; the
+    CPU seconds of this thread (the event loop's) per request."""
+    headers = [
+        (b"authorization", f"Bearer {key}".encode()),
+        (b"content-type", b"application/json"),
+        (b"host", b"probe"),
+    ]
+    bodies = [json.dumps(bench_api.flow_event(next(numbers))).encode() for _ in range(count)]
+
+    async def post(body: bytes) -> None:
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/v1/events",
+            "raw_path": b"/v1/events",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+            "client": ("127.0.0.1", 40000),
+            "server": ("127.0.0.1", 8080),
+            "extensions": {},
+        }
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+        statuses: list[int] = []
+
+        async def receive() -> dict[str, Any]:
+            if messages:
+                return messages.pop()
+            await asyncio.Event().wait()  # the client never goes away
+            raise AssertionError("unreachable")
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        await app(scope, receive, send)
+        if statuses != [202]:
+            raise RuntimeError(f"POST /v1/events answered {statuses}")
+
+    slots = asyncio.Semaphore(ROUTE_CONCURRENCY)
+
+    async def limited(body: bytes) -> None:
+        async with slots:
+            await post(body)
+
+    started = time.thread_time()
+    await asyncio.gather(*(limited(body) for body in bodies))
+    return (time.thread_time() - started) / count
+
+
 async def _ingest(
     args: argparse.Namespace,
     work: Path,
@@ -474,6 +583,7 @@ async def _run(args: argparse.Namespace) -> None:
             "bundles": bundles,
             "events": events,
             "commit": commit,
+            "route": route,
         }
         await probes[args.probe](args, work, receiver)
     finally:
@@ -485,7 +595,8 @@ def main() -> None:
     """Run one probe and print its result."""
     parser = argparse.ArgumentParser(description="Tidings probes (see the module docstring).")
     parser.add_argument(
-        "probe", choices=["drain", "e2e", "sender", "queue", "bundles", "events", "commit"]
+        "probe",
+        choices=["drain", "e2e", "sender", "queue", "bundles", "events", "commit", "route"],
     )
     parser.add_argument("--postgres", action="store_true", help="PostgreSQL instead of SQLite")
     parser.add_argument("--workers", type=int, default=1, help="drain: worker processes")
@@ -503,7 +614,7 @@ def main() -> None:
         "--seconds", type=float, default=10, help="e2e, bundles, events, commit: measured seconds"
     )
     parser.add_argument("--pushes", type=int, default=0, help="bundles: pushes at a time")
-    parser.add_argument("--requests", type=int, default=20_000, help="sender: per round")
+    parser.add_argument("--requests", type=int, default=20_000, help="sender, route: per round")
     parser.add_argument(
         "--in-flight", type=int, action="append", help="sender: only these (repeatable)"
     )

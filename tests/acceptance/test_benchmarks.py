@@ -108,3 +108,20 @@ def test_the_commit_probe_stores_every_event_in_rounds(database: str) -> None:
     assert found, done.stdout
     assert int(found.group(1).replace(",", "")) > 0, done.stdout
     assert 1 <= float(found.group(2)) <= 16, done.stdout
+
+
+@pytest.mark.acceptance
+def test_the_route_probe_times_the_events_route_beside_the_no_op_route() -> None:
+    done = run_script("scripts/bench_probe.py", "route", "--requests", "200", timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "route SQLite, 16 at a time, 5 rounds of 200" in done.stdout, done.stdout
+    ratios = {}
+    for name in ("no-op", "events", "events, store left out"):
+        found = re.search(
+            rf"^  {re.escape(name)} +(?:\d+ / ){{4}}\d+ µs; median ([\d.]+) times",
+            done.stdout,
+            re.MULTILINE,
+        )
+        assert found, done.stdout
+        ratios[name] = float(found.group(1))
+    assert ratios["no-op"] == 1.0 and ratios["events"] > 0, ratios
