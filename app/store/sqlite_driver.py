@@ -155,8 +155,8 @@ async def execute_on_driver(
     connection: AsyncConnection, operation: str, parameters: Any, *, many: bool
 ) -> list[Any]:
     """Run a statement in the transaction of `connection` (`runs_one_trip`, already begun)
-    straight on the driver, in one trip: an executemany
-    of `parameters` (returning nothing), or one execution (returning its rows).
+    straight on the driver, in one trip: an executemany of `parameters` (returning nothing),
+    or one execution (returning its rows).
 
     What SQLAlchemy's execution layer would add is not wanted here: no events are listened
     for, the parameters are already bound, and the rows are plain tuples. A database error
