@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import collections
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiosqlite
+from sqlalchemy.connectors.asyncio import AsyncAdapt_dbapi_connection
 from sqlalchemy.dialects.sqlite.aiosqlite import (
     AsyncAdapt_aiosqlite_connection,
     AsyncAdapt_aiosqlite_cursor,
@@ -58,6 +59,20 @@ def _execute_many(
         return cursor.description, cursor.rowcount, cursor.lastrowid, None
     finally:
         cursor.close()
+
+
+async def _one_trip(
+    adapted: AsyncAdapt_dbapi_connection,
+    run: Callable[[sqlite3.Connection, str, Any], _Outcome],
+    operation: str,
+    parameters: Any,
+) -> _Outcome:
+    """`run` (`_execute` or `_execute_many`) on the connection's aiosqlite thread, one trip,
+    one statement of the connection at a time (the adapter's mutex)."""
+    driver: Any = adapted._connection  # an aiosqlite.Connection
+    async with adapted._execute_mutex:
+        outcome: _Outcome = await driver._execute(run, driver._conn, operation, parameters)
+    return outcome
 
 
 class _OneTripCursor(AsyncAdapt_aiosqlite_cursor):
@@ -95,17 +110,12 @@ class _OneTripCursor(AsyncAdapt_aiosqlite_cursor):
         self._rows.clear()
 
     async def _execute_async(self, operation: Any, parameters: Any) -> Any:
-        async with self._adapt_connection._execute_mutex:
-            outcome = await self._connection._execute(
-                _execute, self._connection._conn, operation, parameters
-            )
-        self._keep(outcome)
+        self._keep(await _one_trip(self._adapt_connection, _execute, operation, parameters))
 
     async def _executemany_async(self, operation: Any, seq_of_parameters: Any) -> Any:
-        async with self._adapt_connection._execute_mutex:
-            outcome = await self._connection._execute(
-                _execute_many, self._connection._conn, operation, seq_of_parameters
-            )
+        outcome = await _one_trip(
+            self._adapt_connection, _execute_many, operation, seq_of_parameters
+        )
         self._keep(outcome)
 
     def _keep(self, outcome: _Outcome) -> None:
@@ -166,21 +176,18 @@ async def execute_on_driver(
     adapted = sync.connection.dbapi_connection if sync is not None else None
     if sync is None or not isinstance(adapted, _OneTripConnection):
         raise TypeError("execute_on_driver needs a connection of ONE_TRIP_AIOSQLITE")
-    driver = adapted._connection
-    async with adapted._execute_mutex:
-        try:
-            if many:
-                await driver._execute(_execute_many, driver._conn, operation, parameters)
-                return []
-            *_, rows = await driver._execute(_execute, driver._conn, operation, parameters)
-        except sqlite3.Error as error:
-            raise DBAPIError.instance(
-                operation,
-                parameters,
-                error,
-                sqlite3.Error,
-                hide_parameters=sync.engine.hide_parameters,
-                dialect=sync.dialect,
-                ismulti=many,
-            ) from error
+    try:
+        *_, rows = await _one_trip(
+            adapted, _execute_many if many else _execute, operation, parameters
+        )
+    except sqlite3.Error as error:
+        raise DBAPIError.instance(
+            operation,
+            parameters,
+            error,
+            sqlite3.Error,
+            hide_parameters=sync.engine.hide_parameters,
+            dialect=sync.dialect,
+            ismulti=many,
+        ) from error
     return rows or []
