@@ -80,3 +80,49 @@ def test_ids_made_together_carry_the_counter(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(ids.time, "time", lambda: 1.0)
     sequence.millis, sequence.counter = 1000, len(ids._ALPHABET) ** 3 - 2
     assert sequence.take(3) == [(1000, len(ids._ALPHABET) ** 3 - 1), (1001, 0), (1001, 1)]
+
+
+def test_random_bytes_are_read_from_the_system_a_pool_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reads: list[int] = []
+
+    def urandom(size: int) -> bytes:
+        reads.append(size)
+        return bytes(random.getrandbits(8) for _ in range(size))
+
+    monkeypatch.setattr(ids.os, "urandom", urandom)
+    pool = ids._RandomPool(64)
+    taken = [pool.take(8) for _ in range(16)] + [pool.take(100)]
+    assert reads == [64, 64, 100]  # one read a pool; a larger request reads what it needs
+    assert b"".join(taken[:8]) != b"".join(taken[8:16])  # no byte handed out twice
+    assert [len(part) for part in taken] == [8] * 16 + [100]
+
+
+def test_ids_made_on_many_threads_at_once_are_all_distinct() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        batches = list(pool.map(lambda _: [ids.new_id("evt") for _ in range(2_000)], range(8)))
+    made = [value for batch in batches for value in batch]
+    assert len(set(made)) == len(made)
+    randoms = [value[-11:] for value in made]  # the 64 random bits, 11 digits
+    assert len(set(randoms)) == len(randoms)
+
+
+def test_a_forked_child_never_reuses_the_parents_random_bytes() -> None:
+    import os
+
+    ids.new_id("evt")  # the parent's pool holds unused bytes
+    parents_next = ids._random._bytes[ids._random._at : ids._random._at + 8]
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child reports what it would hand out next, then leaves
+        os.write(writer, ids._random.take(8))
+        os._exit(0)
+    os.close(writer)
+    childs_next = os.read(reader, 8)
+    os.waitpid(child, 0)
+    os.close(reader)
+    assert len(childs_next) == 8
+    assert childs_next != parents_next
