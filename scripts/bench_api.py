@@ -304,7 +304,8 @@ async def ingest(bench: Bench) -> list[Measurement]:
     """Single events (against a no-op Quart route) and 500-change history Bundles on SQLite;
     in full mode, Bundles on PostgreSQL too, where the inserts run in the database's own
     process (on the other core) and 4 pushes at a time keep the API busy while it waits.
-    The servers start together and are measured one at a time, the others idle."""
+    The servers start together and are measured one at a time, the others idle; the no-op
+    route and the events take turns (full mode: 3 each)."""
     seconds = bench.sizes.ingest_seconds
     apis = [await ingest_api(bench, await sqlite_database(bench.work / "ingest.db"))]
     if bench.sizes.ingest_on_postgres:
@@ -316,14 +317,20 @@ async def ingest(bench: Bench) -> list[Measurement]:
     try:
         await settled(processes)
         (noop_process, noop_base), (_, base), *postgres = started
-        noop, _ = await event_rate(noop_base, "none", seconds)
-        stop_process(noop_process)
         key = apis[0][1]
-        events, event_errors = await event_rate(base, key, seconds)
+        noop, events, event_errors = await _routes_in_turns(
+            noop_base, base, key, seconds, bench.sizes.ingest_turns
+        )
+        stop_process(noop_process)
         changes, bundle_errors = await bundle_rate(base, key, max(seconds, 2), SQLITE_PUSHES)
         client = f"{CLIENT_CONCURRENCY} concurrent, `tidings api` on SQLite, 1 delivery each"
         rows = [
-            Measurement("ingest: no-op Quart route", noop, "req/s", note="same client, Hypercorn"),
+            Measurement(
+                "ingest: no-op Quart route",
+                noop,
+                "req/s",
+                note=f"same client, Hypercorn; {bench.sizes.ingest_turns} turns with the events",
+            ),
             Measurement(
                 "ingest: POST /v1/events",
                 events,
@@ -345,6 +352,22 @@ async def ingest(bench: Bench) -> list[Measurement]:
         for process in processes:
             stop_process(process)
     return rows
+
+
+async def _routes_in_turns(
+    noop_base: str, base: str, key: str, seconds: float, turns: int
+) -> tuple[float, float, int]:
+    """The no-op route and `POST /v1/events` for `seconds` each, in `turns` alternating turns,
+    so that a machine that slows down or speeds up during the section moves both alike:
+    (no-op req/s, events/s, event errors), each rate the mean of its turns."""
+    noop_rates, event_rates, errors = [], [], 0
+    for _ in range(turns):
+        noop, _ = await event_rate(noop_base, "none", seconds / turns)
+        events, event_errors = await event_rate(base, key, seconds / turns)
+        noop_rates.append(noop)
+        event_rates.append(events)
+        errors += event_errors
+    return sum(noop_rates) / turns, sum(event_rates) / turns, errors
 
 
 def _bundle_row(database: str, changes: float, pushes: int, errors: int) -> Measurement:

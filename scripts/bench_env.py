@@ -285,6 +285,7 @@ class Sizes:
     e2e_seconds: float
     e2e_rate: int
     ingest_seconds: float
+    ingest_turns: int  # the no-op route and the events route take turns, this many each
     ingest_on_postgres: bool
     fanout_runs: int
     matching_totals: tuple[int, ...]
@@ -301,6 +302,7 @@ QUICK = Sizes(
     e2e_seconds=2,
     e2e_rate=500,
     ingest_seconds=1.0,
+    ingest_turns=1,
     ingest_on_postgres=False,  # another `tidings api` start-up: it would not fit the minute
     fanout_runs=1,
     matching_totals=(1_000, 10_000),
@@ -316,6 +318,7 @@ FULL = Sizes(
     e2e_seconds=30,
     e2e_rate=500,
     ingest_seconds=10,
+    ingest_turns=3,
     ingest_on_postgres=True,
     fanout_runs=3,
     matching_totals=(1_000, 10_000, 100_000),
