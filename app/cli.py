@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import os
 import re
-import resource
-import signal
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -22,12 +19,20 @@ from app import __version__
 from app.config import Settings, SettingsError, load_settings
 from app.domain.catalog_files import CatalogError
 from app.domain.models import Role
+from app.processes import (
+    WORKER_GC_YOUNG_THRESHOLD,
+    allow_open_files,
+    configure_logging,
+    tune_garbage_collector,
+    wait_for_shutdown_signal,
+)
 
 if TYPE_CHECKING:
     from app.admin_client import RedeliverySummary
 
 log = logging.getLogger("tidings")
 SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+MAX_API_PROCESSES = 64  # `tidings api --processes`
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,10 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as error:
         print(f"tidings: {error}", file=sys.stderr)
         return 2
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    configure_logging(settings.log_level)
     try:
         result: int = args.run(args, settings)
     except CatalogError as error:  # a broken catalog stops start-up with one clear line
@@ -64,6 +66,14 @@ def _parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=help_text)
         command.add_argument("--host", default="127.0.0.1")
         command.add_argument("--port", type=int, default=8080)
+        if name == "api":
+            command.add_argument(
+                "--processes",
+                type=_process_count,
+                default=1,
+                metavar="N",
+                help="API processes sharing the port (default 1; one per core uses them all)",
+            )
         command.set_defaults(run=run)
     commands.add_parser("worker", help="only the delivery worker and scheduler").set_defaults(
         run=_worker
@@ -155,6 +165,14 @@ _UPSTREAM_POINTERS = {
 def _positive(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of seconds >= 1")
+    return int(value)
+
+
+def _process_count(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= MAX_API_PROCESSES:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a whole number of processes from 1 to {MAX_API_PROCESSES}"
+        )
     return int(value)
 
 
@@ -323,7 +341,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     log.info("tidings %s worker started", __version__)
     allow_open_files(settings.worker_concurrency)
     tune_garbage_collector(WORKER_GC_YOUNG_THRESHOLD)
-    asyncio.run(run_worker_process(settings, _wait_for_shutdown_signal))
+    asyncio.run(run_worker_process(settings, wait_for_shutdown_signal))
     return 0
 
 
@@ -332,80 +350,21 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _serve_api_only(args: argparse.Namespace, settings: Settings) -> int:
-    return _run_server(args, settings, with_worker=False)
+    return _run_server(args, settings, with_worker=False, processes=args.processes)
 
 
-def _run_server(args: argparse.Namespace, settings: Settings, *, with_worker: bool) -> int:
-    from hypercorn.asyncio import serve
-    from hypercorn.config import Config
-
-    from app.factory import create_app
+def _run_server(
+    args: argparse.Namespace, settings: Settings, *, with_worker: bool, processes: int = 1
+) -> int:
+    from app.server import ServerError, serve_http
     from app.store import migrate
 
     migrate.upgrade_to_head(settings.database_url)
-    app = create_app(settings, run_worker=with_worker)
-    config = Config()
-    config.bind = [f"{args.host}:{args.port}"]
-    config.accesslog = None
-    config.graceful_timeout = 10
-    log.info("tidings %s listening on http://%s:%s", __version__, args.host, args.port)
-    if with_worker:
-        allow_open_files(settings.worker_concurrency)
-    tune_garbage_collector()
-    asyncio.run(serve(app, config, shutdown_trigger=_wait_for_shutdown_signal))
-    return 0
-
-
-GC_YOUNG_THRESHOLD = 10_000  # allocations between young collections (Python's default: 700)
-# `tidings worker` alone: the state of hundreds of attempts in flight lives in the young
-# generation, and at 10,000 each young collection walked it again (about 6 ms, 115 times in a
-# 30,000-delivery drain: 7 % of the worker's CPU). At 50,000 the young generation is collected
-# about once in such a drain, and peak RSS is unchanged (135 MB). The API kept 10,000: in two
-# pairs, 50,000 was slower for events and Bundles.
-WORKER_GC_YOUNG_THRESHOLD = 50_000
-
-
-def tune_garbage_collector(young_threshold: int = GC_YOUNG_THRESHOLD) -> None:
-    """Keep what start-up built (modules, the app, the catalog) out of the garbage collector's
-    full passes, which then scan only what the running process made since, and collect the
-    young generation less often (every `young_threshold` allocations). Measured: under 500
-    events/s, a full pass every 1-2 s stopped `serve` for 50-60 ms; a Bundle of 500 changes
-    spent 14 % of its time collecting."""
-    gc.collect()
-    gc.freeze()
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(young_threshold, middle, old)
-
-
-# Besides the sender's sockets: database connections, the listening socket, logs, imports.
-OTHER_OPEN_FILES = 256
-
-
-def allow_open_files(worker_concurrency: int) -> None:
-    """Raise the soft limit on open files to what a worker needs, as far as the hard limit
-    allows: up to `worker_concurrency` connections in flight and as many idle (the sender's
-    pool) besides the others. A common soft limit of 1,024 would otherwise turn a busy
-    worker's new connections into `connect` errors. Warns when the hard limit is lower."""
-    needed = 2 * worker_concurrency + OTHER_OPEN_FILES
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or soft >= needed:
-        return
-    wanted = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-    if wanted > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-    if wanted < needed:
-        log.warning(
-            "open files are limited to %d (hard limit); TIDINGS_WORKER_CONCURRENCY=%d may need "
-            "%d: raise the limit (ulimit -n) or lower the concurrency",
-            wanted,
-            worker_concurrency,
-            needed,
+    try:
+        return serve_http(
+            settings, args.host, args.port, with_worker=with_worker, processes=processes
         )
-
-
-async def _wait_for_shutdown_signal() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    except ServerError as error:
+        print(f"tidings: {error}", file=sys.stderr)
+        return 1
+    return 0

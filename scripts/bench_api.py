@@ -37,6 +37,7 @@ CLIENT_CONCURRENCY = 32
 SQLITE_PUSHES = 2
 POSTGRES_PUSHES = 4
 MAX_IN_FLIGHT = 200
+API_PROCESSES = 2  # the second ingest setup: `tidings api --processes 2`, one per core
 WARM_UP_SECONDS = 1.0
 
 
@@ -265,10 +266,14 @@ async def event_rate(base: str, key: str, seconds: float) -> tuple[float, int]:
         return await _closed_loop(seconds, CLIENT_CONCURRENCY, publish)
 
 
-async def _start_noop(bench: Bench) -> tuple[subprocess.Popen[bytes], str]:
-    """The no-op Quart app on Hypercorn (`bench_noop.py`): (process, base URL)."""
+async def _start_noop(bench: Bench, processes: int = 1) -> tuple[subprocess.Popen[bytes], str]:
+    """The no-op Quart app on Hypercorn (`bench_noop.py`), in `processes` processes served
+    as `tidings api --processes` serves: (process, base URL)."""
     script = str(SCRIPTS / "bench_noop.py")
-    return await start_server([sys.executable, script], log=bench.work / "noop.log")
+    return await start_server(
+        [sys.executable, script, "--processes", str(processes)],
+        log=bench.work / f"noop{processes}.log",
+    )
 
 
 async def bundle_rate(base: str, key: str, seconds: float, pushes: int) -> tuple[float, int]:
@@ -301,55 +306,86 @@ async def ingest_api(bench: Bench, database: Database) -> tuple[Tidings, str]:
 
 
 async def ingest(bench: Bench) -> list[Measurement]:
-    """Single events (against a no-op Quart route) and 500-change history Bundles on SQLite;
-    in full mode, Bundles on PostgreSQL too, where the inserts run in the database's own
-    process (on the other core) and 4 pushes at a time keep the API busy while it waits.
-    The servers start together and are measured one at a time, the others idle; the no-op
-    route and the events take turns (full mode: 3 each)."""
-    seconds = bench.sizes.ingest_seconds
-    apis = [await ingest_api(bench, await sqlite_database(bench.work / "ingest.db"))]
+    """Single events (against a no-op Quart route) and 500-change history Bundles on SQLite,
+    through one API process, then through `API_PROCESSES` (`tidings api --processes`, against
+    the no-op route served the same way). In full mode, events and Bundles on PostgreSQL too:
+    its events beside the no-op rate measured in turns with SQLite's; its inserts run in the
+    database's own process, and 4 pushes at a time keep the API busy while it waits. Each
+    setup's servers start together and are measured one at a time, the others idle; the no-op
+    route and the SQLite events take turns (full mode: 3 each)."""
+    sqlite = await sqlite_database(bench.work / "ingest.db")
+    apis = [await ingest_api(bench, sqlite)]
     if bench.sizes.ingest_on_postgres:
         apis.append(await ingest_api(bench, await bench.postgres("ingest")))
+    rows = await _ingest_setup(bench, apis, 1)
+    several = [
+        (Tidings(tidings.database_url, tidings.workdir.with_name(f"{tidings.workdir.name}-n")), key)
+        for tidings, key in apis
+    ]
+    return rows + await _ingest_setup(bench, several, API_PROCESSES)
+
+
+async def _ingest_setup(
+    bench: Bench, apis: list[tuple[Tidings, str]], processes: int
+) -> list[Measurement]:
+    """The ingest rows for `apis` (SQLite first), each `tidings api --processes processes`."""
+    seconds = bench.sizes.ingest_seconds
     started = await start_servers(
-        _start_noop(bench), *(tidings.start_server("api") for tidings, _ in apis)
+        _start_noop(bench, processes),
+        *(tidings.start_server("api", processes) for tidings, _ in apis),
     )
-    processes = [process for process, _ in started]
+    processes_started = [process for process, _ in started]
+    served = "" if processes == 1 else f", {processes} processes"
     try:
-        await settled(processes)
+        await settled(processes_started)
         (noop_process, noop_base), (_, base), *postgres = started
         key = apis[0][1]
         noop, events, event_errors = await _routes_in_turns(
             noop_base, base, key, seconds, bench.sizes.ingest_turns
         )
         stop_process(noop_process)
-        changes, bundle_errors = await bundle_rate(base, key, max(seconds, 2), SQLITE_PUSHES)
-        client = f"{CLIENT_CONCURRENCY} concurrent, `tidings api` on SQLite, 1 delivery each"
+        pushes = SQLITE_PUSHES * processes
+        changes, bundle_errors = await bundle_rate(base, key, max(seconds, 2), pushes)
+        command = "`tidings api`" if processes == 1 else f"`tidings api --processes {processes}`"
+        client = f"{CLIENT_CONCURRENCY} concurrent, {command} on SQLite, 1 delivery each"
         rows = [
             Measurement(
-                "ingest: no-op Quart route",
+                f"ingest: no-op Quart route{served}",
                 noop,
                 "req/s",
                 note=f"same client, Hypercorn; {bench.sizes.ingest_turns} turns with the events",
             ),
             Measurement(
-                "ingest: POST /v1/events",
+                f"ingest: POST /v1/events{served}",
                 events,
                 "events/s",
                 goal=2_500,
                 ratio=events / noop,
-                ratio_of="no-op Quart",
+                ratio_of=f"no-op Quart{served}",
                 ratio_goal=0.8,
                 note=f"{client}; {event_errors} errors",
             ),
-            _bundle_row("SQLite", changes, SQLITE_PUSHES, bundle_errors),
+            _bundle_row(f"SQLite{served}", changes, pushes, bundle_errors, command),
         ]
         for (_, postgres_base), (_, postgres_key) in zip(postgres, apis[1:], strict=True):
-            changes, bundle_errors = await bundle_rate(
-                postgres_base, postgres_key, seconds, POSTGRES_PUSHES
+            events, event_errors = await event_rate(postgres_base, postgres_key, seconds)
+            rows.append(
+                Measurement(
+                    f"ingest: POST /v1/events, PostgreSQL{served}",
+                    events,
+                    "events/s",
+                    goal=2_500,
+                    ratio=events / noop,
+                    ratio_of=f"no-op Quart{served}",
+                    note=f"{client.replace('SQLite', 'PostgreSQL')}; {event_errors} errors; "
+                    "the no-op route as measured beside SQLite",
+                )
             )
-            rows.append(_bundle_row("PostgreSQL", changes, POSTGRES_PUSHES, bundle_errors))
+            pushes = POSTGRES_PUSHES * processes
+            changes, bundle_errors = await bundle_rate(postgres_base, postgres_key, seconds, pushes)
+            rows.append(_bundle_row(f"PostgreSQL{served}", changes, pushes, bundle_errors, command))
     finally:
-        for process in processes:
+        for process in processes_started:
             stop_process(process)
     return rows
 
@@ -370,11 +406,13 @@ async def _routes_in_turns(
     return sum(noop_rates) / turns, sum(event_rates) / turns, errors
 
 
-def _bundle_row(database: str, changes: float, pushes: int, errors: int) -> Measurement:
+def _bundle_row(
+    database: str, changes: float, pushes: int, errors: int, command: str
+) -> Measurement:
     return Measurement(
         f"ingest: FHIR Bundles of {BUNDLE_CHANGES}, {database}",
         changes,
         "changes/s",
         goal=20_000,
-        note=f"{pushes} concurrent pushes, `tidings api`; {errors} errors",
+        note=f"{pushes} concurrent pushes, {command}; {errors} errors",
     )

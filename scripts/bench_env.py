@@ -58,9 +58,20 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    """User + system CPU time so far of a process (all its threads) and of its running
+    children (`tidings api --processes N` serves in its children)."""
+    own, children = 0.0, 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        used = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        if stat.parent.name == str(pid):
+            own = used
+        elif fields[1] == str(pid):
+            children += used
+    return own + children
 
 
 async def settled(
@@ -182,12 +193,16 @@ class Tidings:
             [TIDINGS, "worker"], log=self.workdir / f"{name}.log", env=self.env(), cwd=self.workdir
         )
 
-    async def start_server(self, command: str) -> tuple[subprocess.Popen[bytes], str]:
-        """`tidings serve` or `tidings api`, answering `/healthz`; (process, base URL)."""
+    async def start_server(
+        self, command: str, processes: int = 1
+    ) -> tuple[subprocess.Popen[bytes], str]:
+        """`tidings serve` or `tidings api` (with `processes`), answering `/healthz`;
+        (process, base URL)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
+        more = ["--processes", str(processes)] if processes > 1 else []
         return await start_server(
-            [TIDINGS, command],
-            log=self.workdir / f"{command}.log",
+            [TIDINGS, command, *more],
+            log=self.workdir / f"{command}{processes if processes > 1 else ''}.log",
             env=self.env(),
             cwd=self.workdir,
         )

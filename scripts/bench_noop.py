@@ -2,6 +2,7 @@
 serves (same config: no access log), run as its own process.
 
     python scripts/bench_noop.py --port 9100
+    python scripts/bench_noop.py --port 9100 --processes 2   # as `tidings api --processes 2`
 
 `POST /v1/events` reads the JSON body and answers 202 `{"id": "noop"}`; `GET /healthz` answers 200.
 """
@@ -15,6 +16,8 @@ from typing import Any
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 from quart import Quart, request
+
+from app.server import serve_in_processes
 
 
 def build_app() -> Quart:
@@ -37,7 +40,11 @@ def main() -> None:
     """Serve until killed."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--processes", type=int, default=1)
     args = parser.parse_args()
+    if args.processes > 1:
+        serve_in_processes(build_app, "127.0.0.1", args.port, args.processes, log_level="warning")
+        return
     config = Config()
     config.bind = [f"127.0.0.1:{args.port}"]
     config.accesslog = None

@@ -108,7 +108,6 @@ from bench_seed import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.cli import WORKER_GC_YOUNG_THRESHOLD, tune_garbage_collector
 from app.config import Settings
 from app.delivery.sender import Sender
 from app.domain import ids
@@ -117,6 +116,7 @@ from app.domain.matching import CriteriaCache
 from app.domain.models import DeliveryStatus, Event
 from app.domain.retry import AttemptOutcome
 from app.factory import create_app
+from app.processes import WORKER_GC_YOUNG_THRESHOLD, tune_garbage_collector
 from app.store import deliveries as queue
 from app.store import outbox
 from app.store.db import make_engine, make_session_factory, transaction
@@ -532,7 +532,7 @@ async def _ingest(
     ingest organization: the rate, the errors, and the API's CPU seconds per item."""
     database = await _database(args, work, f"probe_{name}")
     tidings, key = await bench_api.ingest_api(Bench(QUICK, work, receiver), database)
-    server, base = await tidings.start_server("api")
+    server, base = await tidings.start_server("api", args.api_processes)
     try:
         await settled([server])
         cpu_before = cpu_seconds(server.pid)
@@ -600,6 +600,9 @@ def main() -> None:
     )
     parser.add_argument("--postgres", action="store_true", help="PostgreSQL instead of SQLite")
     parser.add_argument("--workers", type=int, default=1, help="drain: worker processes")
+    parser.add_argument(
+        "--api-processes", type=int, default=1, help="bundles, events: `tidings api --processes`"
+    )
     parser.add_argument("--deliveries", type=int, default=20_000, help="drain, queue: length")
     parser.add_argument(
         "--ordered", action="store_true", help="drain, queue: the endpoints deliver in order"

@@ -48,6 +48,8 @@ def test_the_quick_benchmark_measures_every_section(tmp_path: Path) -> None:
         "fan-out 1 event -> 1,000 endpoints",
         "ingest: POST /v1/events",
         "ingest: FHIR Bundles of 500, SQLite",
+        "ingest: POST /v1/events, 2 processes",
+        "ingest: FHIR Bundles of 500, SQLite, 2 processes",
         "matching p99, 10,000 endpoints",
         "worker peak RSS, 50,000 queued",
         "slow receivers: 10 % hanging",

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from app import cli
+from app import processes
 
 
 @pytest.fixture
@@ -21,13 +21,13 @@ def soft_limit() -> Iterator[None]:
 
 def test_the_soft_limit_is_raised_to_what_the_concurrency_needs(soft_limit: None) -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    needed = 2 * 512 + cli.OTHER_OPEN_FILES
+    needed = 2 * 512 + processes.OTHER_OPEN_FILES
     if hard != resource.RLIM_INFINITY and hard < needed:
         pytest.fail(f"this machine's hard limit ({hard}) is below {needed}: cannot check")
     resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))
-    cli.allow_open_files(512)
+    processes.allow_open_files(512)
     assert resource.getrlimit(resource.RLIMIT_NOFILE) == (needed, hard)
-    cli.allow_open_files(16)  # never lowered
+    processes.allow_open_files(16)  # never lowered
     assert resource.getrlimit(resource.RLIMIT_NOFILE) == (needed, hard)
 
 
@@ -37,7 +37,7 @@ def test_a_hard_limit_too_low_is_used_and_reported(
     limits = {"now": (256, 1000)}
     monkeypatch.setattr(resource, "getrlimit", lambda _: limits["now"])
     monkeypatch.setattr(resource, "setrlimit", lambda _, value: limits.update(now=value))
-    with caplog.at_level(logging.WARNING, logger=cli.log.name):
-        cli.allow_open_files(512)
+    with caplog.at_level(logging.WARNING, logger=processes.log.name):
+        processes.allow_open_files(512)
     assert limits["now"] == (1000, 1000)
     assert "TIDINGS_WORKER_CONCURRENCY=512 may need 1280" in caplog.text
