@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tidings")
 SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
-MAX_API_PROCESSES = 64  # `tidings api --processes`
+MAX_PROCESSES = 64  # `tidings serve|api --processes`
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -66,14 +66,14 @@ def _parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=help_text)
         command.add_argument("--host", default="127.0.0.1")
         command.add_argument("--port", type=int, default=8080)
-        if name == "api":
-            command.add_argument(
-                "--processes",
-                type=_process_count,
-                default=1,
-                metavar="N",
-                help="API processes sharing the port (default 1; one per core uses them all)",
-            )
+        command.add_argument(
+            "--processes",
+            type=_process_count,
+            default=1,
+            metavar="N",
+            help="processes sharing the port (default 1; one per core uses them all; "
+            "several `serve` processes need PostgreSQL)",
+        )
         command.set_defaults(run=run)
     commands.add_parser("worker", help="only the delivery worker and scheduler").set_defaults(
         run=_worker
@@ -169,9 +169,9 @@ def _positive(value: str) -> int:
 
 
 def _process_count(value: str) -> int:
-    if not value.isdigit() or not 1 <= int(value) <= MAX_API_PROCESSES:
+    if not value.isdigit() or not 1 <= int(value) <= MAX_PROCESSES:
         raise argparse.ArgumentTypeError(
-            f"{value!r} is not a whole number of processes from 1 to {MAX_API_PROCESSES}"
+            f"{value!r} is not a whole number of processes from 1 to {MAX_PROCESSES}"
         )
     return int(value)
 
@@ -350,19 +350,17 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _serve_api_only(args: argparse.Namespace, settings: Settings) -> int:
-    return _run_server(args, settings, with_worker=False, processes=args.processes)
+    return _run_server(args, settings, with_worker=False)
 
 
-def _run_server(
-    args: argparse.Namespace, settings: Settings, *, with_worker: bool, processes: int = 1
-) -> int:
+def _run_server(args: argparse.Namespace, settings: Settings, *, with_worker: bool) -> int:
     from app.server import ServerError, serve_http
     from app.store import migrate
 
     migrate.upgrade_to_head(settings.database_url)
     try:
         return serve_http(
-            settings, args.host, args.port, with_worker=with_worker, processes=processes
+            settings, args.host, args.port, with_worker=with_worker, processes=args.processes
         )
     except ServerError as error:
         print(f"tidings: {error}", file=sys.stderr)

@@ -1,11 +1,13 @@
-"""Serving HTTP on Hypercorn: in this process, or in several API processes on one port.
+"""Serving HTTP on Hypercorn: in this process, or in several processes on one port.
 
 `tidings api --processes N` runs N API processes, each with its own event loop, app and
 database pool, each listening on the same address with SO_REUSEPORT, so the kernel spreads
-new connections over them and the API can use every core. What each process keeps to itself:
-the API key cache (a revoked key stops working within `KEY_CACHE_SECONDS` in every process),
-the per-key rate limit (a key may make up to N times `TIDINGS_API_RATE_LIMIT` requests a
-second), and its commit rounds; everything else is in the database.
+new connections over them and the API can use every core; `tidings serve --processes N` (on
+PostgreSQL) runs N processes that each deliver too, as N `tidings worker` would. What each
+process keeps to itself: the API key cache (a revoked key stops working within
+`KEY_CACHE_SECONDS` in every process), the per-key rate limit (a key may make up to N times
+`TIDINGS_API_RATE_LIMIT` requests a second), and its commit rounds; everything else is in the
+database.
 
 The process that started them supervises: on SIGINT or SIGTERM it tells them all to stop and
 waits for their requests in flight; when one of them ends by itself it stops the others and
@@ -57,19 +59,23 @@ class ServerError(Exception):
 def serve_http(
     settings: Settings, host: str, port: int, *, with_worker: bool, processes: int = 1
 ) -> int:
-    """Serve until told to stop; the exit status. `processes` > 1 only for the API alone."""
+    """Serve until told to stop (`with_worker`: deliver too); the exit status. Several
+    processes that deliver need PostgreSQL, whose claims and wake-ups span processes."""
+    if processes > 1 and with_worker and settings.is_sqlite:
+        raise ServerError(
+            "several `tidings serve` processes need PostgreSQL (TIDINGS_DATABASE_URL): on "
+            "SQLite one process delivers"
+        )
+    if with_worker:
+        allow_open_files(settings.worker_concurrency)  # serving processes inherit the limit
     if processes > 1:
-        if with_worker:
-            raise ValueError("several processes serve the API alone (`tidings api`)")
-        build = functools.partial(create_app, settings)
+        build = functools.partial(create_app, settings, run_worker=with_worker)
         return serve_in_processes(build, host, port, processes, log_level=settings.log_level)
     from hypercorn.asyncio import serve
 
     app = create_app(settings, run_worker=with_worker)
     config = _hypercorn_config(f"{host}:{port}")
     log.info("tidings %s listening on http://%s:%s", __version__, host, port)
-    if with_worker:
-        allow_open_files(settings.worker_concurrency)
     tune_garbage_collector()
     asyncio.run(serve(app, config, shutdown_trigger=wait_for_shutdown_signal))
     return 0
@@ -114,9 +120,9 @@ def serve_in_processes(
     stop, ready = context.Event(), context.Semaphore(0)
     children = [
         context.Process(
-            target=_api_process,
+            target=_serving_process,
             args=(build_app, log_level, host, port, stop, ready),
-            name=f"tidings-api-{number}",
+            name=f"tidings-{number}",
         )
         for number in range(1, count + 1)
     ]
@@ -134,7 +140,7 @@ def serve_in_processes(
             child.start()
         if _all_ready(children, ready, lambda: stopping):
             log.info(
-                "tidings %s listening on http://%s:%s (%d API processes)",
+                "tidings %s listening on http://%s:%s (%d processes)",
                 __version__,
                 host,
                 port,
@@ -145,7 +151,7 @@ def serve_in_processes(
         if not stopping:
             ended = next(child for child in children if not child.is_alive())
             log.error(
-                "API process %s ended (exit code %s): stopping the others",
+                "process %s ended (exit code %s): stopping the others",
                 ended.pid,
                 ended.exitcode,
             )
@@ -176,15 +182,15 @@ def _join(children: Sequence[BaseProcess]) -> None:
             child.join(GRACEFUL_SECONDS + 5)
     for child in children:
         if child.is_alive():
-            log.warning("API process %s did not stop in time: killed", child.pid)
+            log.warning("process %s did not stop in time: killed", child.pid)
             child.kill()
             child.join()
 
 
-def _api_process(
+def _serving_process(
     build_app: AppFactory, log_level: str, host: str, port: int, stop: Event, ready: Semaphore
 ) -> None:
-    """One API process (the target of a spawned child): serves until `stop` is set, SIGINT or
+    """One serving process (the target of a spawned child): serves until `stop` is set, SIGINT or
     SIGTERM arrives, or the supervisor is gone."""
     from hypercorn.asyncio import serve
 

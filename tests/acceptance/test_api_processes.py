@@ -1,7 +1,8 @@
 """`tidings api --processes N`: N API processes on one port under one supervisor. The kernel
 spreads connections over them, an idempotency key holds across them, and nothing is stored
 twice or lost; SIGTERM stops them all; one that dies takes the others down with exit status 1;
-a port in use, or a bad count, is one clear line."""
+a port in use, or a bad count, is one clear line. `tidings serve --processes N` on PostgreSQL
+delivers every event once; on SQLite it is refused."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ import httpx
 import pytest
 
 from tests.acceptance.conftest import Tidings, free_port, stop
+from tests.acceptance.test_delivery import eventually
+from tests.receivers import receiver_in_thread
 
 pytestmark = pytest.mark.acceptance
 
@@ -91,7 +94,7 @@ def test_an_api_process_that_dies_stops_the_others_with_status_1(tidings: Tiding
     finally:
         output = stop(api)
     assert api.returncode == 1, output
-    assert f"API process {first} ended (exit code -9): stopping the others" in output
+    assert f"process {first} ended (exit code -9): stopping the others" in output
     assert not Path(f"/proc/{second}").exists()
     with pytest.raises(httpx.TransportError):
         httpx.get(base + "/healthz", timeout=2)
@@ -111,6 +114,57 @@ def test_a_port_in_use_and_a_bad_count_are_one_line_each(tidings: Tidings) -> No
         refused = tidings.run("api", "--processes", bad, check=False)
         assert refused.returncode == 2
         assert f"{bad!r} is not a whole number of processes from 1 to 64" in refused.stderr
+
+
+@pytest.mark.postgres
+def test_serve_processes_on_postgres_deliver_each_event_once(
+    tidings: Tidings, empty_postgres_url: str
+) -> None:
+    tidings.env["TIDINGS_DATABASE_URL"] = empty_postgres_url
+    tidings.run("migrate")
+    partner, source = tidings.key("acme"), tidings.key("acme", "source")
+    with receiver_in_thread() as receiver:
+        serve, base = tidings.start("serve", "--processes", "2")
+        try:
+            _api_children(serve.pid, 2, port=int(base.rsplit(":", 1)[1]))
+            httpx.post(
+                base + "/v1/endpoints",
+                headers={"Authorization": f"Bearer {partner}"},
+                json={"url": receiver.url("/hook")},
+            ).raise_for_status()
+            clients = [
+                httpx.Client(base_url=base, headers={"Authorization": f"Bearer {source}"})
+                for _ in range(12)
+            ]
+
+            def publish(number: int) -> str:
+                body = {"type": "patient_flow.completed", "data": FLOW}
+                response = clients[number % len(clients)].post("/v1/events", json=body)
+                response.raise_for_status()
+                return str(response.json()["id"])
+
+            with ThreadPoolExecutor(len(clients)) as pool:
+                ids = list(pool.map(publish, range(60)))
+            for client in clients:
+                client.close()
+            eventually(lambda: len(receiver.at("/hook")) >= len(ids), seconds=60)
+            time.sleep(0.5)  # a second delivery of any of them would arrive meanwhile
+        finally:
+            output = stop(serve)
+    assert serve.returncode == 0, output
+    assert "Traceback" not in output, output
+    seen = Counter(item.headers["webhook-id"] for item in receiver.at("/hook"))
+    assert sorted(seen) == sorted(ids)
+    assert set(seen.values()) == {1}, "an event was delivered twice"
+
+
+def test_several_serve_processes_on_sqlite_are_refused_in_one_line(tidings: Tidings) -> None:
+    refused = tidings.run("serve", "--processes", "2", "--port", str(free_port()), check=False)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "tidings: several `tidings serve` processes need PostgreSQL (TIDINGS_DATABASE_URL): "
+        "on SQLite one process delivers"
+    )
 
 
 def _api_children(supervisor: int, count: int, port: int, seconds: float = 30) -> list[int]:
