@@ -49,7 +49,7 @@ log = logging.getLogger("tidings")
 
 GRACEFUL_SECONDS = 10  # for the requests in flight when a server is told to stop
 LISTEN_BACKLOG = 100  # connections the kernel holds for a process until it accepts them
-SUPERVISOR_TICK = 0.2  # seconds between the supervisor's and each API process's checks
+SUPERVISOR_TICK = 0.2  # seconds between the supervisor's and each serving process's checks
 
 
 class ServerError(Exception):
