@@ -365,4 +365,3 @@ def _run_server(args: argparse.Namespace, settings: Settings, *, with_worker: bo
     except ServerError as error:
         print(f"tidings: {error}", file=sys.stderr)
         return 1
-    return 0

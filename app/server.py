@@ -126,11 +126,8 @@ def serve_in_processes(
         )
         for number in range(1, count + 1)
     ]
-    stopping = False
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
         stop.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -138,7 +135,7 @@ def serve_in_processes(
     try:
         for child in children:
             child.start()
-        if _all_ready(children, ready, lambda: stopping):
+        if _all_ready(children, ready, stop.is_set):
             log.info(
                 "tidings %s listening on http://%s:%s (%d processes)",
                 __version__,
@@ -146,16 +143,17 @@ def serve_in_processes(
                 port,
                 count,
             )
-        while not stopping and all(child.is_alive() for child in children):
+        while not stop.is_set() and all(child.is_alive() for child in children):
             wait([child.sentinel for child in children], timeout=SUPERVISOR_TICK)
-        if not stopping:
+        told_to_stop = stop.is_set()
+        if not told_to_stop:
             ended = next(child for child in children if not child.is_alive())
             log.error(
                 "process %s ended (exit code %s): stopping the others",
                 ended.pid,
                 ended.exitcode,
             )
-        return 0 if stopping else 1
+        return 0 if told_to_stop else 1
     finally:
         stop.set()
         _join(children)

@@ -347,7 +347,10 @@ async def _ingest_setup(
         pushes = SQLITE_PUSHES * processes
         changes, bundle_errors = await bundle_rate(base, key, max(seconds, 2), pushes)
         command = "`tidings api`" if processes == 1 else f"`tidings api --processes {processes}`"
-        client = f"{CLIENT_CONCURRENCY} concurrent, {command} on SQLite, 1 delivery each"
+
+        def client(database: str) -> str:
+            return f"{CLIENT_CONCURRENCY} concurrent, {command} on {database}, 1 delivery each"
+
         rows = [
             Measurement(
                 f"ingest: no-op Quart route{served}",
@@ -363,7 +366,7 @@ async def _ingest_setup(
                 ratio=events / noop,
                 ratio_of=f"no-op Quart{served}",
                 ratio_goal=0.8,
-                note=f"{client}; {event_errors} errors",
+                note=f"{client('SQLite')}; {event_errors} errors",
             ),
             _bundle_row(f"SQLite{served}", changes, pushes, bundle_errors, command),
         ]
@@ -377,7 +380,7 @@ async def _ingest_setup(
                     goal=2_500,
                     ratio=events / noop,
                     ratio_of=f"no-op Quart{served}",
-                    note=f"{client.replace('SQLite', 'PostgreSQL')}; {event_errors} errors; "
+                    note=f"{client('PostgreSQL')}; {event_errors} errors; "
                     "the no-op route as measured beside SQLite",
                 )
             )
