@@ -33,6 +33,7 @@ from app.api.problems import register_problem_handlers
 from app.api.rate_limit import KeyRateLimiter
 from app.config import Settings
 from app.delivery import dns
+from app.delivery.metrics import exposed_registry
 from app.delivery.wakeups import PostgresWakeups
 from app.domain.addresses import Resolver
 from app.domain.catalog import load_catalog
@@ -108,7 +109,7 @@ def create_app(
     )
     app.extensions["tidings"] = services
     app.extensions["tidings_runtime"] = runtime
-    app.extensions["tidings_metrics"] = registry
+    app.extensions["tidings_metrics"] = exposed_registry(registry)
     _install_api(app)
     _install_lifecycle(app, engine, runtime, wakeups, checkpointer_for(settings.database_url))
     return app

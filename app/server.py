@@ -7,7 +7,8 @@ PostgreSQL) runs N processes that each deliver too, as N `tidings worker` would.
 process keeps to itself: the API key cache (a revoked key stops working within
 `KEY_CACHE_SECONDS` in every process), the per-key rate limit (a key may make up to N times
 `TIDINGS_API_RATE_LIMIT` requests a second), and its commit rounds; everything else is in the
-database.
+database, except the delivery counters, which the processes keep in files of one directory
+(PROMETHEUS_MULTIPROC_DIR; a temporary one unless it is set) so that `/metrics` sums them.
 
 The process that started them supervises: on SIGINT or SIGTERM it tells them all to stop and
 waits for their requests in flight; when one of them ends by itself it stops the others and
@@ -17,12 +18,15 @@ exits 1, for the process manager (systemd, Kubernetes) to restart the whole comm
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import multiprocessing
+import os
 import signal
 import socket
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event, Semaphore
@@ -132,6 +136,19 @@ def serve_in_processes(
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
+    with _shared_metrics_directory():  # a spawned child takes os.environ as it is
+        return _supervise(children, stop, ready, reserved, host, port)
+
+
+def _supervise(
+    children: Sequence[BaseProcess],
+    stop: Event,
+    ready: Semaphore,
+    reserved: socket.socket,
+    host: str,
+    port: int,
+) -> int:
+    """Start the children and watch them until a stop or until one ends; the exit status."""
     try:
         for child in children:
             child.start()
@@ -141,7 +158,7 @@ def serve_in_processes(
                 __version__,
                 host,
                 port,
-                count,
+                len(children),
             )
         while not stop.is_set() and all(child.is_alive() for child in children):
             wait([child.sentinel for child in children], timeout=SUPERVISOR_TICK)
@@ -158,6 +175,22 @@ def serve_in_processes(
         stop.set()
         _join(children)
         reserved.close()
+
+
+@contextlib.contextmanager
+def _shared_metrics_directory() -> Iterator[None]:
+    """PROMETHEUS_MULTIPROC_DIR for the processes spawned meanwhile: as it is if it is set
+    (the operator's to empty between runs, as prometheus_client asks), else a new directory,
+    removed at the end."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="tidings-metrics-") as directory:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        try:
+            yield
+        finally:
+            del os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
 def _all_ready(

@@ -31,6 +31,6 @@ async def readyz() -> tuple[dict[str, str], int]:
 
 @blueprint.get("/metrics")
 async def metrics() -> Response:
-    """Prometheus text exposition of this process's counters."""
+    """Prometheus text exposition of the delivery counters."""
     registry = current_app.extensions["tidings_metrics"]
     return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

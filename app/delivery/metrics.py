@@ -1,8 +1,11 @@
-"""Prometheus metrics of the delivery side of one process."""
+"""Prometheus metrics of the delivery side, and the registry `/metrics` exposes."""
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from app.domain.retry import Verdict
 from app.store.deliveries import AttemptRecord
@@ -29,3 +32,15 @@ class DeliveryMetrics:
         """Count one judged attempt."""
         self.attempts.labels(verdict=verdict.value).inc()
         self.duration.observe(record.outcome.duration_ms / 1000)
+
+
+def exposed_registry(registry: CollectorRegistry) -> CollectorRegistry:
+    """What `/metrics` shows: this process's `registry`, or, when PROMETHEUS_MULTIPROC_DIR
+    names a directory (`--processes N` sets one for its processes), the sums over every
+    process that has written there, so that each scrape counts them all, whichever process
+    answers it."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return registry
+    every_process = CollectorRegistry()
+    MultiProcessCollector(every_process)  # type: ignore[no-untyped-call]
+    return every_process

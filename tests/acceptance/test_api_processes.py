@@ -2,7 +2,8 @@
 spreads connections over them, an idempotency key holds across them, and nothing is stored
 twice or lost; SIGTERM stops them all; one that dies takes the others down with exit status 1;
 a port in use, or a bad count, is one clear line. `tidings serve --processes N` on PostgreSQL
-delivers every event once; on SQLite it is refused."""
+delivers every event once, and `/metrics` counts the attempts of all its processes; on SQLite
+it is refused."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.acceptance.conftest import Tidings, free_port, stop
 from tests.acceptance.test_delivery import eventually
@@ -118,9 +120,10 @@ def test_a_port_in_use_and_a_bad_count_are_one_line_each(tidings: Tidings) -> No
 
 @pytest.mark.postgres
 def test_serve_processes_on_postgres_deliver_each_event_once(
-    tidings: Tidings, empty_postgres_url: str
+    tidings: Tidings, empty_postgres_url: str, tmp_path: Path
 ) -> None:
     tidings.env["TIDINGS_DATABASE_URL"] = empty_postgres_url
+    tidings.env["TMPDIR"] = str(tmp_path)  # where the processes' shared metrics directory goes
     tidings.run("migrate")
     partner, source = tidings.key("acme"), tidings.key("acme", "source")
     with receiver_in_thread() as receiver:
@@ -149,6 +152,9 @@ def test_serve_processes_on_postgres_deliver_each_event_once(
                 client.close()
             eventually(lambda: len(receiver.at("/hook")) >= len(ids), seconds=60)
             time.sleep(0.5)  # a second delivery of any of them would arrive meanwhile
+            # Each scrape on a new connection, answered by either process, counts them all.
+            scraped = [_succeeded_attempts(httpx.get(base + "/metrics").text) for _ in range(8)]
+            shared = list(tmp_path.glob("tidings-metrics-*"))
         finally:
             output = stop(serve)
     assert serve.returncode == 0, output
@@ -156,6 +162,20 @@ def test_serve_processes_on_postgres_deliver_each_event_once(
     seen = Counter(item.headers["webhook-id"] for item in receiver.at("/hook"))
     assert sorted(seen) == sorted(ids)
     assert set(seen.values()) == {1}, "an event was delivered twice"
+    assert scraped == [60.0] * 8
+    assert len(shared) == 1
+    assert not shared[0].exists(), "the metrics directory was left behind"
+
+
+def _succeeded_attempts(exposition: str) -> float:
+    """tidings_delivery_attempts_total{verdict="succeeded"} in a /metrics body (0 if absent)."""
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == "tidings_delivery_attempts_total" and sample.labels == {
+                "verdict": "succeeded"
+            }:
+                return sample.value
+    return 0.0
 
 
 def test_several_serve_processes_on_sqlite_are_refused_in_one_line(tidings: Tidings) -> None:
