@@ -5,6 +5,7 @@ print. Run from the repository root with the project's virtualenv:
     .venv/bin/python scripts/bench_probe.py drain --postgres --workers 2 --deliveries 50000
     .venv/bin/python scripts/bench_probe.py e2e                         # `serve` on SQLite
     .venv/bin/python scripts/bench_probe.py e2e --postgres --seconds 20 # `api` + `worker`
+    .venv/bin/python scripts/bench_probe.py e2e --postgres --serve-processes 2
     .venv/bin/python scripts/bench_probe.py sender                      # no database
     .venv/bin/python scripts/bench_probe.py queue --postgres --deliveries 50000
     .venv/bin/python scripts/bench_probe.py queue --postgres --ordered --deliveries 2000
@@ -22,6 +23,8 @@ first arrival to the last success and the workers' CPU time per delivery from th
 
 e2e: events at 500/s through `POST /v1/events`, after the same 1 s warm-up as `bench.py`;
 prints p50/p95/p99 from acceptance to arrival and of the `POST` itself, overall and per second.
+On PostgreSQL, `--serve-processes N` serves them with `tidings serve --processes N` (processes
+that accept and deliver) instead of `tidings api` beside `tidings worker`.
 
 sender: the `Sender` alone, in this process, posting the ceiling's signed requests to 10 paths
 of the fast receiver with 64, 128, 256 and 512 requests in flight (or `--in-flight N`, two
@@ -172,10 +175,13 @@ async def end_to_end(args: argparse.Namespace, work: Path, receiver: Receiver) -
     key = await bench_api.source_key(database.url, "e2e")
     tidings = Tidings(database.url, work / "e2e")
     processes: list[subprocess.Popen[bytes]] = []
+    split = args.postgres and not args.serve_processes
     try:
-        if args.postgres:
+        if split:
             processes.append(tidings.start_worker())
-        server, base = await tidings.start_server("api" if args.postgres else "serve")
+        server, base = await tidings.start_server(
+            "api" if split else "serve", processes=args.serve_processes or 1
+        )
         processes.append(server)
         sent = await _open_loop(base, key, args.seconds, receiver)
         await receiver.wait_for(len(sent), timeout=args.seconds + 10)
@@ -190,7 +196,11 @@ async def end_to_end(args: argparse.Namespace, work: Path, receiver: Receiver) -
         for event_id, (started, accept_ms) in sent.items()
         if event_id in arrivals
     ]
-    setup = "PostgreSQL, api + worker" if args.postgres else "SQLite, serve"
+    setup = "SQLite, serve"
+    if split:
+        setup = "PostgreSQL, api + worker"
+    elif args.postgres:
+        setup = f"PostgreSQL, serve --processes {args.serve_processes}"
     print(f"e2e {setup}, {RATE}/s for {args.seconds:g} s: {len(rows):,} of {len(sent):,} arrived")
     print(_line("all", rows))
     for second in range(int(args.seconds)):
@@ -603,6 +613,12 @@ def main() -> None:
     parser.add_argument(
         "--api-processes", type=int, default=1, help="bundles, events: `tidings api --processes`"
     )
+    parser.add_argument(
+        "--serve-processes",
+        type=int,
+        default=0,
+        help="e2e on PostgreSQL: `tidings serve --processes N` instead of api + worker",
+    )
     parser.add_argument("--deliveries", type=int, default=20_000, help="drain, queue: length")
     parser.add_argument(
         "--ordered", action="store_true", help="drain, queue: the endpoints deliver in order"
@@ -621,7 +637,10 @@ def main() -> None:
     parser.add_argument(
         "--in-flight", type=int, action="append", help="sender: only these (repeatable)"
     )
-    asyncio.run(_run(parser.parse_args()))
+    args = parser.parse_args()
+    if args.serve_processes and not (args.postgres and args.probe == "e2e"):
+        parser.error("--serve-processes is for `e2e --postgres`: on SQLite one process delivers")
+    asyncio.run(_run(args))
 
 
 if __name__ == "__main__":
