@@ -27,6 +27,7 @@ from app.api import (
     ingest,
     upstreams,
 )
+from app.api.connection import SingleTaskConnection
 from app.api.context import Services
 from app.api.fhir_outcomes import install_operation_outcomes
 from app.api.problems import register_problem_handlers
@@ -71,6 +72,7 @@ def create_app(
     if settings.secret_key is None:
         raise ValueError("create_app needs settings.secret_key (the CLI provides one)")
     app = Quart("tidings")
+    app.asgi_http_class = SingleTaskConnection
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     engine = make_engine(settings.database_url)
     sessions = make_session_factory(engine)

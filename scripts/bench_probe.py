@@ -56,9 +56,10 @@ route: `POST /v1/events` called in this process through ASGI, with no server and
 (no Hypercorn, no sockets), 16 requests at a time, in turns with `bench.py`'s no-op Quart route
 (`bench_noop.py`), 5 rounds of `--requests` each, after the garbage-collector tuning the CLI
 applies; prints each round's CPU time of the event loop's thread per request (the thread whose
-time bounds the rate), and once with the store left out (the route up to
-`EventCommitter.store`, which answers at once). What the route costs beyond Quart's own work,
-steadier than `events` on a noisy machine.
+time bounds the rate), and twice with the store left out (the route up to
+`EventCommitter.store`, which answers at once): on Tidings' `SingleTaskConnection` and on
+Quart's own `ASGIHTTPConnection`. What the route costs beyond Quart's own work, and what the
+connection saves, steadier than `events` on a noisy machine.
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ from bench_seed import (
     seed_deliveries,
     seed_endpoints,
 )
+from quart.asgi import ASGIHTTPConnection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
@@ -443,7 +445,10 @@ async def route(args: argparse.Namespace, work: Path, receiver: Receiver) -> Non
     settings = Settings(database_url=database.url, secret_key="probe-" * 8)
     apps = {"no-op": bench_noop.build_app(), "events": create_app(settings)}
     apps["events, store left out"] = create_app(settings)
-    apps["events, store left out"].extensions["tidings"].event_committer = _AnswersAtOnce()
+    apps["  on Quart's connection"] = create_app(settings)
+    apps["  on Quart's connection"].asgi_http_class = ASGIHTTPConnection
+    for name in ("events, store left out", "  on Quart's connection"):
+        apps[name].extensions["tidings"].event_committer = _AnswersAtOnce()
     for app in apps.values():
         await app.startup()
     try:

@@ -54,11 +54,18 @@ class Api:
     async def call(
         self, method: str, path: str, key: str | None, json: Any = None, **kwargs: Any
     ) -> Any:
+        """The request as HTTP clients send it: a body with its `Content-Length` (the path
+        that `SingleTaskConnection` takes; Quart's test client announces no length)."""
         headers = dict(kwargs.pop("headers", {}))
         if key is not None:
             headers["Authorization"] = f"Bearer {key}"
         if json is not None:
-            kwargs["json"] = json
+            kwargs["data"] = self.app.json.dumps(json)
+            headers.setdefault("Content-Type", "application/json")
+        body = kwargs.get("data")
+        if isinstance(body, str | bytes):
+            raw = body.encode() if isinstance(body, str) else body
+            headers.setdefault("Content-Length", str(len(raw)))
         return await self.client.open(path, method=method, headers=headers, **kwargs)
 
 
