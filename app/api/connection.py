@@ -4,10 +4,13 @@ Quart's `ASGIHTTPConnection` runs every request as two tasks, one that receives 
 watches for the client going away and one that runs the handler; it waits for the first of
 them, cancels the other, and sends the response under `asyncio.wait_for`, which on Python 3.11
 is one task more. `SingleTaskConnection` does the same work in the request's own task when the
-request announces a body Quart accepts (`Content-Length` at most `MAX_CONTENT_LENGTH`, which is
-what API clients send): it receives the body (under `BODY_TIMEOUT`), runs the handler, and
-sends the response under `RESPONSE_TIMEOUT` with `asyncio.timeout`, which schedules a timer
-and no task. Every other request (a chunked body, one announced too long) goes Quart's way.
+length of the request's body is known before it arrives and Quart accepts it: a
+`Content-Length` of at most `MAX_CONTENT_LENGTH` (what API clients send with a body), or, on
+HTTP/1.x, neither `Content-Length` nor `Transfer-Encoding`, which means no body (RFC 9112,
+section 6.3: a GET). It receives the body (under `BODY_TIMEOUT`), runs the handler, and sends
+the response under `RESPONSE_TIMEOUT` with `asyncio.timeout`, which schedules a timer and no
+task. Every other request (a chunked body, one announced too long, one on HTTP/2 without a
+length) goes Quart's way.
 
 What differs: once the whole body has arrived, a client that goes away no longer cancels the
 handler half-way; it runs to its end and its response goes nowhere, as if the client had gone
@@ -25,13 +28,15 @@ from quart.asgi import ASGIHTTPConnection
 from quart.debug import traceback_response
 from quart.wrappers import Request, Response
 
+HTTP_1 = ("1.0", "1.1")
+
 
 class SingleTaskConnection(ASGIHTTPConnection):
-    """Quart's HTTP connection, in one task for a request with a body of announced length."""
+    """Quart's HTTP connection, in one task for a request whose body's length is known."""
 
     async def __call__(self, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
         request = self._create_request_from_scope(send)
-        if not self._announced_acceptable_body(request):
+        if not self._body_of_acceptable_known_length(request):
             await super().__call__(receive, send)
             return
         if not await self._received_body(request, receive):
@@ -55,8 +60,11 @@ class SingleTaskConnection(ASGIHTTPConnection):
         except TimeoutError:
             pass  # as Quart: the client reads too slowly; the server closes the connection
 
-    def _announced_acceptable_body(self, request: Request) -> bool:
+    def _body_of_acceptable_known_length(self, request: Request) -> bool:
         length = request.content_length
+        if length is None:  # on HTTP/1.x, no body; on HTTP/2 and 3, one of unknown length
+            no_body = request.http_version in HTTP_1 and "Transfer-Encoding" not in request.headers
+            return no_body
         limit = self.app.config["MAX_CONTENT_LENGTH"]
         return length is not None and (limit is None or length <= limit)
 

@@ -1,6 +1,7 @@
-"""`SingleTaskConnection`: a request with an announced body in its own task, every edge of the
-ASGI conversation (a body in pieces, a client gone before or after it, a body too slow or too
-long, a response nobody reads), driven message by message as Hypercorn drives it."""
+"""`SingleTaskConnection`: a request whose body's length is known, in its own task; every
+edge of the ASGI conversation (a body in pieces, no body, a client gone before or after it, a
+body too slow or too long, a response nobody reads), driven message by message as Hypercorn
+drives it."""
 
 from __future__ import annotations
 
@@ -26,11 +27,13 @@ EVENT = {
 }
 
 
-def scope(path: str, headers: dict[str, str], method: str = "POST") -> dict[str, Any]:
+def scope(
+    path: str, headers: dict[str, str], method: str = "POST", http_version: str = "1.1"
+) -> dict[str, Any]:
     return {
         "type": "http",
         "asgi": {"version": "3.0"},
-        "http_version": "1.1",
+        "http_version": http_version,
         "method": method,
         "scheme": "http",
         "path": path,
@@ -78,14 +81,14 @@ class Sent(list[Message]):
 
 
 def echo_app() -> tuple[Quart, list[asyncio.Task[Any] | None]]:
-    """A Quart app on `SingleTaskConnection` whose `POST /echo` answers its body and notes the
-    task it ran in."""
+    """A Quart app on `SingleTaskConnection` whose `/echo` answers its body and notes the task
+    it ran in."""
     app = Quart("connection-test")
     app.asgi_http_class = SingleTaskConnection
     app.config["MAX_CONTENT_LENGTH"] = 100
     handled_in: list[asyncio.Task[Any] | None] = []
 
-    @app.post("/echo")
+    @app.route("/echo", methods=["GET", "POST"])
     async def echo() -> str | bytes:
         handled_in.append(asyncio.current_task())
         return await request.get_data()
@@ -110,6 +113,23 @@ async def test_a_body_without_a_length_goes_quarts_way() -> None:
     await app(scope("/echo", headers), receive, sent)  # type: ignore[arg-type]
     assert (sent.status, sent.body) == (200, b"chunked body")
     assert handled_in != [asyncio.current_task()]  # Quart's handler task
+
+
+async def test_a_request_without_a_body_on_http_1_is_handled_in_the_requests_own_task() -> None:
+    app, handled_in = echo_app()
+    sent = Sent()
+    await app(scope("/echo", {}, method="GET"), receiving(chunk(b"")), sent)  # type: ignore[arg-type]
+    assert (sent.status, sent.body) == (200, b"")
+    assert handled_in == [asyncio.current_task()]
+
+
+async def test_a_body_without_a_length_on_http_2_goes_quarts_way() -> None:
+    app, handled_in = echo_app()
+    sent = Sent()
+    receive = receiving(chunk(b"data ", more=True), chunk(b"frames"))
+    await app(scope("/echo", {}, http_version="2"), receive, sent)  # type: ignore[arg-type]
+    assert (sent.status, sent.body) == (200, b"data frames")
+    assert handled_in != [asyncio.current_task()]
 
 
 async def test_a_body_announced_too_long_is_413_quarts_way() -> None:
