@@ -8,7 +8,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
+import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -78,6 +80,14 @@ async def execute_core(session: AsyncSession, statement: Any, params: Any = None
 async def fetch_all(session: AsyncSession, statement: Any, params: Any = None) -> Sequence[Any]:
     """`execute_core`, and every row it returned."""
     return (await execute_core(session, statement, params)).all()  # type: ignore[no-any-return]
+
+
+def insert_ignoring_conflicts(dialect_name: str, table: Any) -> sa.Insert:
+    """`INSERT ... ON CONFLICT DO NOTHING` into `table`, as the dialect spells it: a row whose
+    unique key is taken, also by a transaction not yet committed, is left out (waiting for
+    that transaction) instead of failing."""
+    insert = postgresql.insert if dialect_name == "postgresql" else sqlite.insert
+    return insert(table).on_conflict_do_nothing()
 
 
 @asynccontextmanager

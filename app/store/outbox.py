@@ -22,7 +22,6 @@ from itertools import islice
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -33,6 +32,7 @@ from app.fhir.resource_types import is_resource_type
 from app.store import ordered_queues
 from app.store.bulk import BulkStatement
 from app.store.candidates import CANDIDATES, endpoints_version_of
+from app.store.db import insert_ignoring_conflicts
 from app.store.endpoints import Scope, ordered_among
 from app.store.event_numbers import assign_event_numbers
 from app.store.subscription_filters import keep_fhirpath_matches
@@ -303,11 +303,8 @@ async def _insert_event_rows(
 
 
 def _insert_events_statement(dialect: str) -> sa.Insert:
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return (
-        insert(_event)
-        .on_conflict_do_nothing()
-        .returning(_event.c.id, endpoints_version_of(_event.c.organization_id))
+    return insert_ignoring_conflicts(dialect, _event).returning(
+        _event.c.id, endpoints_version_of(_event.c.organization_id)
     )
 
 

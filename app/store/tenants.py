@@ -3,29 +3,37 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.domain import ids
 from app.domain.models import Principal, Role
+from app.store.db import insert_ignoring_conflicts
 from app.store.tables import Account, ApiKey, Organization
 
 
 async def ensure_organization(session: AsyncSession, organization_id: str, now: datetime) -> None:
-    """Create the organization if it does not exist yet."""
+    """Create the organization if it does not exist yet (when another transaction creates it
+    at the same time, its row is kept and this one does nothing)."""
     if await session.get(Organization, organization_id) is None:
-        session.add(Organization(id=organization_id, name=organization_id, created_at=now))
-        await session.flush()
+        row = {"id": organization_id, "name": organization_id, "created_at": now}
+        await _insert_if_absent(session, Organization, row)
 
 
 async def ensure_account(
     session: AsyncSession, organization_id: str, account_id: str, now: datetime
 ) -> None:
-    """Create the account inside its organization if it does not exist yet."""
+    """Create the account inside its organization if it does not exist yet (as above)."""
     if await session.get(Account, (organization_id, account_id)) is None:
-        session.add(Account(organization_id=organization_id, id=account_id, created_at=now))
-        await session.flush()
+        row = {"organization_id": organization_id, "id": account_id, "created_at": now}
+        await _insert_if_absent(session, Account, row)
+
+
+async def _insert_if_absent(session: AsyncSession, table: Any, row: dict[str, Any]) -> None:
+    connection = await session.connection()
+    await connection.execute(insert_ignoring_conflicts(connection.dialect.name, table), row)
 
 
 async def insert_api_key(
