@@ -10,7 +10,7 @@ HTTP/1.x, neither `Content-Length` nor `Transfer-Encoding`, which means no body 
 section 6.3: a GET). It receives the body (under `BODY_TIMEOUT`), runs the handler, and sends
 the response under `RESPONSE_TIMEOUT` with `asyncio.timeout`, which schedules a timer and no
 task. Every other request (a chunked body, one announced too long, one on HTTP/2 without a
-length) goes Quart's way.
+length) goes Quart's way, in its two tasks, and is answered by the same `handle_request`.
 
 What differs: once the whole body has arrived, a client that goes away no longer cancels the
 handler half-way; it runs to its end and its response goes nowhere, as if the client had gone
@@ -63,10 +63,9 @@ class SingleTaskConnection(ASGIHTTPConnection):
     def _body_of_acceptable_known_length(self, request: Request) -> bool:
         length = request.content_length
         if length is None:  # on HTTP/1.x, no body; on HTTP/2 and 3, one of unknown length
-            no_body = request.http_version in HTTP_1 and "Transfer-Encoding" not in request.headers
-            return no_body
+            return request.http_version in HTTP_1 and "Transfer-Encoding" not in request.headers
         limit = self.app.config["MAX_CONTENT_LENGTH"]
-        return length is not None and (limit is None or length <= limit)
+        return limit is None or length <= limit
 
     async def _received_body(self, request: Request, receive: ASGIReceiveCallable) -> bool:
         """Receive the whole body into `request.body`; False when the client went away first.
