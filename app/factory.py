@@ -40,7 +40,7 @@ from app.domain.addresses import Resolver
 from app.domain.catalog import load_catalog
 from app.domain.matching import CriteriaCache
 from app.domain.secrets import SecretBox
-from app.runtime import Clock, Runtime, build_runtime, shut_down, utc_now
+from app.runtime import Clock, Runtime, build_runtime, shut_down, utc_now, wake_workers
 from app.store.db import make_engine, make_session_factory
 from app.store.group_commit import EventCommitter
 from app.store.sqlite_checkpoints import WalCheckpointer, checkpointer_for
@@ -118,13 +118,8 @@ def create_app(
 
 
 def _waker(runtime: Runtime | None, wakeups: PostgresWakeups | None) -> Callable[[], None]:
-    def wake() -> None:
-        if runtime is not None:
-            runtime.worker.wake()
-        if wakeups is not None:
-            wakeups.notify()
-
-    return wake
+    worker = runtime.worker if runtime is not None else None
+    return lambda: wake_workers(worker, wakeups)
 
 
 def _install_lifecycle(

@@ -92,7 +92,7 @@ def build_runtime(
         clock=clock,
         resolve=resolve,
         allowed_networks=settings.allowed_networks,
-        on_events=lambda: _wake(worker, wakeups),
+        on_events=lambda: wake_workers(worker, wakeups),
     )
     timed_work = build_scheduler(
         upstreams=watcher,
@@ -154,9 +154,16 @@ def _build_worker(
     return worker, sender, context.secret_box
 
 
-def _wake(worker: Worker, wakeups: PostgresWakeups | None) -> None:
-    """New events from an upstream: wake this worker, and the others through PostgreSQL."""
-    worker.wake()
+def wake_workers(worker: Worker | None, wakeups: PostgresWakeups | None) -> None:
+    """New work is due: wake this process's worker, if it has one, and the other processes'
+    through PostgreSQL when this one cannot take a batch of it at once (it has none, it is
+    stopping, or too few of its slots are free). A worker with room claims what it was woken
+    for; woken too, the others' claims would find nothing (with two `serve` processes, half
+    of all claims did). They still find what this one leaves at their next poll."""
+    if worker is not None:
+        worker.wake()
+        if worker.takes_a_batch_now():
+            return
     if wakeups is not None:
         wakeups.notify()
 

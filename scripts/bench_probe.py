@@ -24,7 +24,8 @@ first arrival to the last success and the workers' CPU time per delivery from th
 e2e: events at 500/s through `POST /v1/events`, after the same 1 s warm-up as `bench.py`;
 prints p50/p95/p99 from acceptance to arrival and of the `POST` itself, overall and per second.
 On PostgreSQL, `--serve-processes N` serves them with `tidings serve --processes N` (processes
-that accept and deliver) instead of `tidings api` beside `tidings worker`.
+that accept and deliver) instead of `tidings api` beside `tidings worker`. Served by `tidings
+serve`, it also prints the workers' claims from `/metrics`, by whether they found deliveries.
 
 sender: the `Sender` alone, in this process, posting the ceiling's signed requests to 10 paths
 of the fast receiver with 64, 128, 256 and 512 requests in flight (or `--in-flight N`, two
@@ -110,6 +111,7 @@ from bench_seed import (
     seed_deliveries,
     seed_endpoints,
 )
+from prometheus_client.parser import text_string_to_metric_families
 from quart.asgi import ASGIHTTPConnection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -188,6 +190,7 @@ async def end_to_end(args: argparse.Namespace, work: Path, receiver: Receiver) -
         sent = await _open_loop(base, key, args.seconds, receiver)
         await receiver.wait_for(len(sent), timeout=args.seconds + 10)
         arrivals = await receiver.arrivals()
+        claims = None if split else await _claims(base)
     finally:
         for process in processes:
             stop_process(process)
@@ -205,8 +208,22 @@ async def end_to_end(args: argparse.Namespace, work: Path, receiver: Receiver) -
         setup = f"PostgreSQL, serve --processes {args.serve_processes}"
     print(f"e2e {setup}, {RATE}/s for {args.seconds:g} s: {len(rows):,} of {len(sent):,} arrived")
     print(_line("all", rows))
+    if claims is not None:
+        print(f"  worker claims (warm-up included): {claims}")
     for second in range(int(args.seconds)):
         print(_line(f"t={second:>3} s", [r for r in rows if second <= r[0] < second + 1]))
+
+
+async def _claims(base: str) -> str:
+    """The worker claims `/metrics` counts, by what they found, summed over the processes."""
+    async with aiohttp.ClientSession() as session, session.get(base + "/metrics") as response:
+        text = await response.text()
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "tidings_worker_claims_total":
+                found[sample.labels["found"]] = sample.value
+    return ", ".join(f"{count:,.0f} found {what}" for what, count in sorted(found.items()))
 
 
 async def _open_loop(

@@ -12,7 +12,8 @@ from app.store.deliveries import AttemptRecord
 
 
 class DeliveryMetrics:
-    """Attempts by verdict and their durations."""
+    """Attempts by verdict and their durations; the worker's claims, by whether they found
+    work (claims that find nothing are what wake-ups and polls cost)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.attempts = Counter(
@@ -27,6 +28,16 @@ class DeliveryMetrics:
             registry=registry,
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
+        self.claims = Counter(
+            "tidings_worker_claims",
+            "Claims of due deliveries, by whether they found any",
+            ["found"],
+            registry=registry,
+        )
+
+    def claimed(self, count: int) -> None:
+        """Count one claim that found `count` due deliveries."""
+        self.claims.labels(found="deliveries" if count else "nothing").inc()
 
     def observe(self, record: AttemptRecord, verdict: Verdict) -> None:
         """Count one judged attempt."""

@@ -21,7 +21,11 @@ def asyncpg_dsn(database_url: str) -> str:
 
 
 class PostgresWakeups:
-    """Sends NOTIFY (coalesced: one per loop turn however many events) and LISTENs for it."""
+    """Sends NOTIFY (coalesced: one per loop turn however many events) and LISTENs for it.
+
+    A process hears its own NOTIFY too; `listen` passes that one over: whoever notifies has
+    woken its own worker already (`runtime.wake_workers`), and a second wake-up
+    would only make it claim again and find nothing."""
 
     def __init__(self, database_url: str) -> None:
         self._dsn = asyncpg_dsn(database_url)
@@ -47,11 +51,18 @@ class PostgresWakeups:
     async def listen(self, on_wake: Callable[[], None]) -> None:
         """Call `on_wake` for every NOTIFY on the channel."""
 
-        def callback(*_: Any) -> None:
-            on_wake()
+        def callback(_connection: Any, sender_pid: int, *_: Any) -> None:
+            if sender_pid != self._sender_pid():
+                on_wake()
 
         self._listener = await asyncpg.connect(self._dsn)
         await self._listener.add_listener(CHANNEL, callback)
+
+    def _sender_pid(self) -> int | None:
+        """The server process of this process's NOTIFY connection, if it is open."""
+        if self._sender is None or self._sender.is_closed():
+            return None
+        return int(self._sender.get_server_pid())
 
     async def close(self) -> None:
         """Close both connections."""

@@ -109,6 +109,12 @@ class Worker:
         """New work may be due: stop sleeping."""
         self._wake.set()
 
+    def takes_a_batch_now(self) -> bool:
+        """Whether, woken now, this worker would claim a whole batch at once: it is running
+        and a batch's worth of its slots are free (all of them, when it has fewer)."""
+        batch = min(self._settings.batch_size, self._settings.concurrency)
+        return not self._stopping.is_set() and self._free_slots() >= batch
+
     def stop(self) -> None:
         """Finish what is in flight (within the grace period), then return from `run`."""
         self._stopping.set()
@@ -266,6 +272,8 @@ class Worker:
                 await queue.release_deliveries(
                     session, [item.id for item in items], now=now, retry_at=retry_at
                 )
+        if self._metrics is not None:
+            self._metrics.claimed(len(claimed))
         # The earliest still to come of those sent back before and now (this claim saw the rest).
         later = [at for at in (self._deferred_until, *deferred) if at is not None and at > now]
         self._deferred_until = min(later, default=None)

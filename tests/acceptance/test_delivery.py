@@ -144,7 +144,7 @@ def _with_status(partner: Client, endpoint_id: str, status: str) -> list[dict[st
     return found if found and len(found) == len(page["data"]) else []
 
 
-def test_metrics_count_attempts(tidings: Tidings) -> None:
+def test_metrics_count_attempts_and_claims(tidings: Tidings) -> None:
     partner_key, source_key = tidings.key("acme"), tidings.key("acme", "source")
     with receiver_in_thread() as receiver:
         process, base = tidings.start("serve")
@@ -160,19 +160,21 @@ def test_metrics_count_attempts(tidings: Tidings) -> None:
                 },
             )
             eventually(lambda: receiver.at("/m"))
-            text = eventually(lambda: _metric_line(base))
+            text = eventually(lambda: _metric_line(base, _SUCCEEDED))
+            claims = _metric_line(base, _CLAIMS_THAT_FOUND_WORK)
         finally:
             partner.http.close()
             source.http.close()
             stop(process)
     assert text.endswith(" 1.0")
+    assert float(claims.rsplit(" ", 1)[1]) >= 1, claims
 
 
-def _metric_line(base: str) -> str:
+_SUCCEEDED = 'tidings_delivery_attempts_total{verdict="succeeded"}'
+_CLAIMS_THAT_FOUND_WORK = 'tidings_worker_claims_total{found="deliveries"}'
+
+
+def _metric_line(base: str, sample: str) -> str:
     body = httpx.get(f"{base}/metrics").text
-    lines = [
-        line
-        for line in body.splitlines()
-        if line.startswith('tidings_delivery_attempts_total{verdict="succeeded"}')
-    ]
+    lines = [line for line in body.splitlines() if line.startswith(sample)]
     return lines[0] if lines else ""
