@@ -145,6 +145,7 @@ class UpstreamWatcher:
                 session,
                 row.id,
                 cursor=cursor,
+                polled_from=row.cursor,
                 now=self.clock(),
                 next_poll_at=started + timedelta(seconds=row.poll_seconds),
             )

@@ -103,14 +103,17 @@ async def record_poll_success(
     upstream_id: str,
     *,
     cursor: str | None,
+    polled_from: str | None,
     now: datetime,
     next_poll_at: datetime,
 ) -> None:
-    """A finished poll: the new cursor (if given), no error, the next poll time."""
+    """A finished poll that read from the cursor `polled_from`: the new cursor (if given), no
+    error, the next poll time. The cursor moves only if it is still `polled_from`: a poll that
+    outlived its lease finds another poller's newer cursor there, and leaves it."""
     row = await select_upstream(session, upstream_id, for_update=True)
     if row is None:
         return  # deleted while it was being polled; its events are stored all the same
-    if cursor is not None:
+    if cursor is not None and row.cursor == polled_from:
         row.cursor = cursor
     row.last_polled_at, row.last_error, row.failures = now, None, 0
     row.next_poll_at = next_poll_at

@@ -206,6 +206,30 @@ async def test_a_crash_before_commit_stores_nothing_and_moves_no_cursor(
     assert await watch.events() == [("patient.created", "Patient/p1/1")]
 
 
+async def test_a_poll_that_outlived_its_lease_leaves_the_newer_cursor(watch: Watch) -> None:
+    upstream_id = await watch.register(poll_seconds=POLL)
+    await watch.watcher().run_once()  # the first poll sets the cursor to now
+    slow = await watch.row(upstream_id)  # what a poll that then hung read from
+    slow_read_at = watch.clock.now
+    watch.clock.advance(1)
+    watch.server.create({"resourceType": "Patient", "id": "p1"})
+    assert await watch.poll_after(POLL) == 1  # another poller, past the hung poll's lease
+    newer = (await watch.row(upstream_id)).cursor
+    assert newer is not None and newer > (slow.cursor or "")
+    async with transaction(watch.api.app.extensions["tidings"].sessions) as session:
+        await upstream_store.record_poll_success(
+            session,
+            upstream_id,
+            cursor=format_instant(slow_read_at + timedelta(milliseconds=500)),
+            polled_from=slow.cursor,
+            now=watch.clock.now,
+            next_poll_at=watch.clock.now + timedelta(seconds=POLL),
+        )
+    assert (await watch.row(upstream_id)).cursor == newer, "the cursor moved backwards"
+    assert await watch.poll_after(POLL) == 1
+    assert await watch.events() == [("patient.created", "Patient/p1/1")]
+
+
 async def test_a_change_at_the_cursor_boundary_is_not_doubled(watch: Watch) -> None:
     upstream_id = await watch.register(poll_seconds=POLL)
     watch.clock.advance(1)
