@@ -24,8 +24,8 @@ class PostgresWakeups:
     """Sends NOTIFY (coalesced: one per loop turn however many events) and LISTENs for it.
 
     A process hears its own NOTIFY too; `listen` passes that one over: whoever notifies has
-    woken its own worker already (`runtime.wake_workers`), and a second wake-up
-    would only make it claim again and find nothing."""
+    woken its own worker already (`runtime.wake_workers`), and a second wake-up would only
+    make it claim again and find nothing."""
 
     def __init__(self, database_url: str) -> None:
         self._dsn = asyncpg_dsn(database_url)
