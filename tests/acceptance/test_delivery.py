@@ -167,6 +167,7 @@ def test_metrics_count_attempts_and_claims(tidings: Tidings) -> None:
             source.http.close()
             stop(process)
     assert text.endswith(" 1.0")
+    assert claims, "no tidings_worker_claims_total sample for claims that found deliveries"
     assert float(claims.rsplit(" ", 1)[1]) >= 1, claims
 
 
