@@ -141,11 +141,9 @@ class Worker:
         """Claim (when enough slots are free, or none is held) and start the attempts; what
         to wait for next."""
         self._slot_freed.clear()  # from here on, a freed slot counts for the next wait
-        threshold = self._claim_threshold()
-        free = self._free_slots()
-        if free < threshold and free < self._settings.concurrency:
+        if not self._may_claim():
             return _Next.SLOTS
-        limit = min(free, self._settings.batch_size)
+        limit = min(self._free_slots(), self._settings.batch_size)
         claimed, more_due = await self._claim(limit)
         for item in claimed:
             task = asyncio.ensure_future(self._attempt(item))
@@ -153,12 +151,16 @@ class Worker:
             task.add_done_callback(self._finished_attempt)
         if not more_due:
             return _Next.WAKE
-        room = self._free_slots() >= threshold
-        return _Next.CLAIM if room and len(claimed) == limit else _Next.SLOTS
+        return _Next.CLAIM if self._may_claim() and len(claimed) == limit else _Next.SLOTS
 
     def _claim_threshold(self) -> int:
         """A claim waits until this many slots are free (or none is held)."""
         return max(1, min(self._settings.batch_size, self._settings.concurrency) // 2)
+
+    def _may_claim(self) -> bool:
+        """Whether enough slots are free for a claim (`_claim_threshold`)."""
+        free = self._free_slots()
+        return free >= self._claim_threshold() or free >= self._settings.concurrency
 
     def _free_slots(self) -> int:
         return self._settings.concurrency - len(self._in_flight) - self._unrecorded
@@ -195,8 +197,12 @@ class Worker:
         self._wake.clear()
 
     def _wait_at_most(self) -> float:
-        """The poll interval, or less when deliveries sent back by a limit are due sooner."""
-        if self._deferred_until is None:
+        """The poll interval, or less when deliveries sent back by a limit are due sooner and
+        enough slots are free to claim them. Without the slots a claim cannot be made, so the
+        wait is for a freed slot: a wait cut short instead would return at once, again and
+        again, until the outcomes are recorded, and that spin held up the recording itself
+        (the database thread waits for the GIL on every row)."""
+        if self._deferred_until is None or not self._may_claim():
             return self._settings.poll_seconds
         due_in = (self._deferred_until - self._clock()).total_seconds()
         return min(self._settings.poll_seconds, max(0.0, due_in))

@@ -474,6 +474,26 @@ async def test_a_worker_that_lost_its_lease_does_not_report_the_delivery_failed(
     assert len(await reports()) == 1, "the current claim's is"
 
 
+async def until_received(delivering: Delivering, count: int, *paths: str) -> None:
+    """Wait (at most 5 s) until the receiver has had `count` requests at `paths` in all."""
+    async with asyncio.timeout(5):
+        while sum(len(delivering.receiver.at(path)) for path in paths) < count:
+            await asyncio.sleep(0.02)
+
+
+def stall_recording(delivering: Delivering, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Hold the worker's records of outcomes (and so its slots) until the event is set."""
+    recording = asyncio.Event()
+    record = delivering.worker._record
+
+    async def stalled_record(results: Any) -> None:
+        await recording.wait()
+        await record(results)
+
+    monkeypatch.setattr(delivering.worker, "_record", stalled_record)
+    return recording
+
+
 async def test_unrecorded_outcomes_hold_their_slots(
     delivering: Delivering, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -485,28 +505,60 @@ async def test_unrecorded_outcomes_hold_their_slots(
     delivering.worker._settings = type(delivering.worker._settings)(
         concurrency=4, poll_seconds=0.05
     )
-    recording = asyncio.Event()
-    record = delivering.worker._record
-
-    async def stalled_record(results: Any) -> None:
-        await recording.wait()
-        await record(results)
-
-    monkeypatch.setattr(delivering.worker, "_record", stalled_record)
+    recording = stall_recording(delivering, monkeypatch)
     running = asyncio.create_task(delivering.worker.run())
     try:
-        async with asyncio.timeout(5):
-            while len(delivering.receiver.at("/held")) < 4:
-                await asyncio.sleep(0.02)
+        await until_received(delivering, 4, "/held")
         await asyncio.sleep(0.5)  # ten poll intervals: room to claim, were slots free
         assert len(delivering.receiver.at("/held")) == 4
         recording.set()
-        async with asyncio.timeout(5):
-            while len(delivering.receiver.at("/held")) < 10:
-                await asyncio.sleep(0.02)
+        await until_received(delivering, 10, "/held")
     finally:
         recording.set()
         delivering.worker.stop()
         await asyncio.wait_for(running, 5)
     assert {d["status"] for d in await delivering.deliveries(endpoint["id"])} == {"succeeded"}
     assert len(delivering.receiver.at("/held")) == 10  # each sent once
+
+
+async def test_a_worker_with_no_free_slot_waits_for_one_when_sent_back_deliveries_come_due(
+    delivering: Delivering, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deliveries sent back by an endpoint's cap come due while every slot waits for its
+    outcome to be recorded: the worker waits for a freed slot instead of trying again and
+    again at once (a spin that held up the recording it waited for)."""
+    capped = await delivering.endpoint("/capped-a", event_types=["records.*"])
+    await delivering.endpoint("/capped-b", event_types=["records.*"])
+    for index in range(3):
+        await delivering.publish(idempotency_key=f"s{index}")
+    delivering.worker._limits = EndpointLimits(max_in_flight=1)
+    delivering.worker._settings = type(delivering.worker._settings)(
+        concurrency=4, poll_seconds=0.05
+    )
+    recording = stall_recording(delivering, monkeypatch)
+    rounds = 0
+    claim_and_start = delivering.worker._claim_and_start
+
+    async def counted() -> Any:
+        nonlocal rounds
+        rounds += 1
+        return await claim_and_start()
+
+    monkeypatch.setattr(delivering.worker, "_claim_and_start", counted)
+    running = asyncio.create_task(delivering.worker.run())
+    try:
+        # The first claim sends each endpoint's first and sends its second back (cap 1); the
+        # next, a quarter of a second later, sends the thirds and fills the last two slots.
+        await until_received(delivering, 4, "/capped-a", "/capped-b")
+        assert delivering.worker._deferred_until is not None
+        delivering.api.clock.advance(1)  # the sent-back deliveries are due; no slot is free
+        rounds = 0
+        await asyncio.sleep(0.5)  # ten poll intervals
+        assert rounds <= 20, f"{rounds} claim rounds in 0.5 s without a free slot"
+        recording.set()
+        await until_received(delivering, 3, "/capped-a")
+    finally:
+        recording.set()
+        delivering.worker.stop()
+        await asyncio.wait_for(running, 5)
+    assert {d["status"] for d in await delivering.deliveries(capped["id"])} == {"succeeded"}
