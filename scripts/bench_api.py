@@ -300,9 +300,9 @@ async def bundle_rate(base: str, key: str, seconds: float, pushes: int) -> tuple
     """500-change history Bundles pushed `pushes` at a time for `seconds`: (changes/s, errors).
 
     The bodies are made before the clock starts, enough for `BUNDLE_RATE_BOUND` changes a
-    second (then one at a time): making and encoding one costs the client's only thread
-    about 4 ms, during which it neither sends nor reads, and made on demand they held the
-    PostgreSQL row about a fifth under what the API takes (docs/performance.md)."""
+    second (then one at a time): making and encoding one costs the client's only thread 4-6
+    ms, during which it neither sends nor reads, and made on demand they held the PostgreSQL
+    row about a fifth under what the API takes (docs/performance.md)."""
     made = iter([_bundle_body() for _ in range(_bodies_for(seconds))])
     headers = headers_for(key, "application/fhir+json")
     async with aiohttp.ClientSession(headers=headers) as session:
